@@ -1,0 +1,23 @@
+# mmalign: how image and text embeddings align, and how well they retrieve.
+# The Snakefile only loads and validates the config, includes the stages and
+# names the final targets; helpers live in rules/common.smk, logic in src/mmalign.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# config.yaml is the default; --configfile replaces it rather than merging
+# into it, so `--configfile configs/paper.yaml` studies the paper's grid only.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

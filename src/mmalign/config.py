@@ -1,0 +1,129 @@
+"""Config validation: one schema, defaults filled in, errors that name the key.
+
+The schema (``schemas/config.schema.yaml``) is JSON Schema. Datasets and
+encoders are validated against the sub-schema of their ``kind``, so an unknown
+key or a wrong type is reported at its full path, e.g.
+``datasets.flickr.captions: 'frist' is not one of ['first', 'all']``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the key at fault and how to fix it."""
+
+
+def load_schema() -> dict[str, Any]:
+    text = resources.files("mmalign").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(cls: type) -> type:
+    """A validator class that also fills each missing property with its default."""
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "$ref" in sub:
+                    sub = validator._resolver.lookup(sub["$ref"]).contents
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": properties})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _path(prefix: str, error: jsonschema.ValidationError) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in error.absolute_path]
+    return ".".join(parts) or "<config>"
+
+
+def _message(prefix: str, error: jsonschema.ValidationError) -> str:
+    where = _path(prefix, error)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return f"{where}: unknown key {', '.join(hints)}; allowed keys: {allowed}"
+    return f"{where}: {error.message}"
+
+
+def _check(schema: dict[str, Any], instance: Any, prefix: str) -> None:
+    errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(_message(prefix, e) for e in errors))
+
+
+def _kind_schema(root: dict[str, Any], group: str, kind: str) -> dict[str, Any]:
+    defs = root["$defs"]
+    props = (
+        {**defs[f"{group}_common"], **defs[f"{group}_kinds"][kind]}
+        if group == "dataset"
+        else {
+            "kind": {"type": "string"},
+            **defs["encoder_kinds"][kind],
+        }
+    )
+    required = ["kind", *defs.get(f"{group}_required", {}).get(kind, [])]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": props,
+        "$defs": defs,
+    }
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` in place, fill its defaults, and return it.
+
+    Raises :class:`ConfigError` naming every key at fault.
+    """
+    schema = load_schema()
+    _check(schema, config, "")
+    for group, section in (("dataset", "datasets"), ("encoder", "encoders")):
+        kinds = sorted(schema["$defs"][f"{group}_kinds"])
+        for name, entry in config[section].items():
+            kind = entry.get("kind")
+            if kind not in kinds:
+                close = difflib.get_close_matches(str(kind), kinds, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"invalid config:\n  {section}.{name}.kind: unknown {group} kind "
+                    f"{kind!r}{hint}; known kinds: {kinds}"
+                )
+            _check(_kind_schema(schema, group, kind), entry, f"{section}.{name}")
+    return config
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read a YAML config (safe_load) and validate it."""
+    with open(path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping, got {type(config).__name__}")
+    return validate_config(config)
+
+
+def config_hash(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

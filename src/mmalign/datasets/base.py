@@ -1,0 +1,227 @@
+"""The manifest contract and the checks every dataset adapter shares.
+
+An adapter reads one raw format and yields :class:`RawImage` records (one per
+image, its captions in the dataset's own order). :func:`build_manifest` turns
+them into the manifest: one row per caption with the columns
+``image_id, image_path, caption, caption_idx, split``. Bad input is either an
+error naming the file and row, or a counted skip recorded in the report,
+depending on ``on_bad_input``; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from mmalign.images import ImageReadError, probe_image
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["image_id", "image_path", "caption", "caption_idx", "split"]
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input. The message names the file, the row and what would fix it."""
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """One image and its captions as an adapter read them.
+
+    ``where`` says where the record came from (``"results.csv:17"``), for error
+    messages. ``split`` is the dataset's own split (Karpathy JSON), else None.
+    ``caption_where`` optionally locates each caption separately.
+    """
+
+    image_id: str
+    image_path: Path
+    captions: tuple[str, ...]
+    where: str
+    split: str | None = None
+    caption_where: tuple[str, ...] | None = None
+
+
+@dataclass
+class PrepareReport:
+    """What happened to every raw record: kept, or skipped and why."""
+
+    dataset: str
+    on_bad_input: str = "error"  # "error" or "skip"
+    raw_images: int = 0
+    raw_captions: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def bad(self, reason: str, where: str, detail: str) -> None:
+        """Bad input at ``where``: raise, or record a counted, logged skip."""
+        if self.on_bad_input == "error":
+            raise DatasetError(
+                f"{where}: {reason.replace('_', ' ')}: {detail}. Fix the input, or set "
+                f"on_bad_input: skip for dataset '{self.dataset}' to skip and count such rows."
+            )
+        log.warning("skipping %s: %s (%s)", where, reason.replace("_", " "), detail)
+        self.skipped.append({"reason": reason, "where": where, "detail": detail})
+
+    def drop(self, reason: str, where: str, detail: str) -> None:
+        """Leave a record out by protocol (not bad input): always counted, never an error."""
+        log.debug("leaving out %s: %s (%s)", where, reason.replace("_", " "), detail)
+        self.raw_images += 1  # read, then left out before reaching build_manifest
+        self.skipped.append({"reason": reason, "where": where, "detail": detail})
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(s["reason"] for s in self.skipped).items()))
+
+    def to_dict(self, manifest: pd.DataFrame) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "raw_images": self.raw_images,
+            "raw_captions": self.raw_captions,
+            "images": int(manifest["image_id"].nunique()),
+            "pairs": len(manifest),
+            "distinct_captions": int(manifest["caption"].nunique()),
+            "splits": {
+                s: int(manifest.loc[manifest["split"] == s, "image_id"].nunique()) for s in SPLITS
+            },
+            "skipped": self.skipped_by_reason(),
+            **self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """The protocol options shared by every dataset kind (see the config schema)."""
+
+    captions: str = "first"  # "first" (the paper's 1:1) or "all"
+    max_images: int | None = None
+    split_source: str = "random"  # "random" or "dataset"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    check_images: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, dataset_cfg: dict[str, Any], seed: int) -> ManifestOptions:
+        splits = dataset_cfg.get("splits", {})
+        return cls(
+            captions=dataset_cfg.get("captions", "first"),
+            max_images=dataset_cfg.get("max_images"),
+            split_source=splits.get("source", "random"),
+            split_fractions=(
+                splits.get("train", 0.8),
+                splits.get("val", 0.1),
+                splits.get("test", 0.1),
+            ),
+            check_images=dataset_cfg.get("check_images", True),
+            seed=seed,
+        )
+
+
+def clean_caption(text: str) -> str:
+    """Collapse whitespace; the caption's words are kept as they are."""
+    return " ".join(str(text).split())
+
+
+def assign_splits(
+    image_ids: list[str], fractions: tuple[float, float, float], seed: int
+) -> dict[str, str]:
+    """Seeded random train/val/test assignment of whole images.
+
+    The ids are sorted first, so the assignment depends only on the set of ids
+    and the seed, not on the order an adapter read them in.
+    """
+    ids = sorted(image_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    total = sum(fractions)
+    n_train = round(len(ids) * fractions[0] / total)
+    n_val = round(len(ids) * fractions[1] / total)
+    out: dict[str, str] = {}
+    for rank, i in enumerate(order):
+        out[ids[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return out
+
+
+def build_manifest(
+    records: Iterable[RawImage], opts: ManifestOptions, report: PrepareReport
+) -> pd.DataFrame:
+    """Validate adapter records and apply the protocol options.
+
+    Order of operations: per-record checks (duplicate id, missing or unreadable
+    image, empty captions), then the seeded ``max_images`` subset, then splits,
+    then the caption protocol (first caption only, or all of them).
+    """
+    seen: dict[str, str] = {}
+    kept: list[RawImage] = []
+    records = list(records)
+    for rec in tqdm(records, desc=f"checking {report.dataset}", unit="img", mininterval=2):
+        report.raw_images += 1
+        report.raw_captions += len(rec.captions)
+        if rec.image_id in seen:
+            report.bad(
+                "duplicate_image_id",
+                rec.where,
+                f"image id {rec.image_id!r} already given at {seen[rec.image_id]}",
+            )
+            continue
+        seen[rec.image_id] = rec.where
+        if not rec.image_path.is_file():
+            report.bad("missing_image", rec.where, f"no file at {rec.image_path}")
+            continue
+        if opts.check_images:
+            try:
+                probe_image(rec.image_path)
+            except ImageReadError as err:
+                report.bad("unreadable_image", rec.where, str(err))
+                continue
+        wheres = rec.caption_where or (rec.where,) * len(rec.captions)
+        captions = []
+        for text, where in zip(rec.captions, wheres, strict=True):
+            cleaned = clean_caption(text)
+            if cleaned:
+                captions.append(cleaned)
+            else:
+                report.bad("empty_caption", where, f"image {rec.image_id!r} has an empty caption")
+        if not captions:
+            if rec.captions:
+                continue  # its empty captions are already counted
+            report.bad("no_caption", rec.where, f"image {rec.image_id!r} has no caption")
+            continue
+        kept.append(RawImage(rec.image_id, rec.image_path, tuple(captions), rec.where, rec.split))
+
+    if not kept:
+        raise DatasetError(
+            f"dataset '{report.dataset}' is empty: {report.raw_images} images read, none usable "
+            f"(skipped: {report.skipped_by_reason() or 'none'}). Check its paths in the config."
+        )
+
+    if opts.max_images is not None and opts.max_images < len(kept):
+        kept.sort(key=lambda r: r.image_id)
+        pick = np.random.default_rng(opts.seed).choice(len(kept), opts.max_images, replace=False)
+        kept = [kept[i] for i in sorted(pick)]
+
+    if opts.split_source == "dataset":
+        for rec in kept:
+            if rec.split not in SPLITS:
+                raise DatasetError(
+                    f"{rec.where}: split source is 'dataset' but image {rec.image_id!r} has "
+                    f"split {rec.split!r}; use splits.source: random for this format."
+                )
+        split_of = {r.image_id: r.split for r in kept}
+    else:
+        split_of = assign_splits([r.image_id for r in kept], opts.split_fractions, opts.seed)
+
+    rows = []
+    for rec in kept:
+        caps = rec.captions[:1] if opts.captions == "first" else rec.captions
+        for idx, cap in enumerate(caps):
+            rows.append((rec.image_id, str(rec.image_path), cap, idx, split_of[rec.image_id]))
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest["caption_idx"] = manifest["caption_idx"].astype("int32")
+    return manifest.sort_values(["image_id", "caption_idx"], kind="stable").reset_index(drop=True)
