@@ -7,7 +7,6 @@ exactly, first vs all captions), then each kind of bad input both as an error
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,23 +16,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmalign import config
 from mmalign.config import validate_config
 from mmalign.datasets import DatasetError, PrepareReport, folder, prepare_dataset
 from mmalign.datasets.folder import resolve
 
 GARBAGE = b"\x00\x01 this is not an image \xff\xfe"
 FLICKR_HEADER = "image_name| comment_number| comment"
-
-
-_cached_schema = functools.cache(config.load_schema)
-
-
-@pytest.fixture(autouse=True)
-def _parse_the_schema_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Parsing the schema YAML takes ~70 ms, most of this module's run time; validation
-    # only reads the parsed schema, so one parse serves every test.
-    monkeypatch.setattr(config, "load_schema", _cached_schema)
 
 
 def dataset_cfg(**cfg: Any) -> dict[str, Any]:

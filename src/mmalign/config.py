@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -23,7 +24,9 @@ class ConfigError(ValueError):
     """An invalid config; the message names the key at fault and how to fix it."""
 
 
+@functools.cache
 def load_schema() -> dict[str, Any]:
+    """The parsed schema (cached: validation only reads it, never changes it)."""
     text = resources.files("mmalign").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)
 
