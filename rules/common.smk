@@ -1,20 +1,53 @@
-from mmalign.config import validate_config
+import re
+
+from mmalign.config import embedding_plan, validate_config
+from mmalign.embed import EMBEDDING_FILES
 
 # Validates in place and fills the defaults; a bad key stops here, named.
 validate_config(config)
 
 DATASETS = sorted(config["datasets"])
 ENCODERS = sorted(config["encoders"])
+# COMPUTED: embedded from images and captions (config encoders without an
+# adapter, plus a hidden <name>-raw twin where an adapted encoder needs one);
+# ADAPTED_FROM: adapted encoder -> the computed encoder it projects.
+COMPUTED, ADAPTED_FROM = embedding_plan(config["encoders"])
+
+
+# Shards per (dataset, encoder); change with --set-scatter embed=N.
+scattergather:
+    embed=8,
+
+
+def names_regex(names):
+    return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    encoder="|".join(ENCODERS),
+    dataset=names_regex(DATASETS),
+    encoder=names_regex(set(ENCODERS) | set(COMPUTED)),
 
 
 def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+def encoder_config(wildcards):
+    return COMPUTED.get(wildcards.encoder) or config["encoders"][wildcards.encoder]
+
+
+def embedding_files(folder):
+    return [f"{folder}/{name}" for name in EMBEDDING_FILES]
+
+
+def adapter_source(wildcards):
+    base = ADAPTED_FROM[wildcards.encoder]
+    return embedding_files(f"results/{wildcards.dataset}/{base}/embeddings")
+
+
 def final_targets():
-    return expand("results/{dataset}/manifest.parquet", dataset=DATASETS)
+    return expand(
+        "results/{dataset}/{encoder}/embeddings/meta.json",
+        dataset=DATASETS,
+        encoder=ENCODERS,
+    )

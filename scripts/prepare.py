@@ -4,11 +4,11 @@ from mmalign.datasets import prepare_to_files
 from mmalign.logs import setup_logging
 
 if __name__ == "__main__":
-    setup_logging(snakemake.log[0])  # noqa: F821
+    setup_logging(snakemake.log[0])
     prepare_to_files(
-        snakemake.wildcards.dataset,  # noqa: F821
-        snakemake.config,  # noqa: F821
-        snakemake.output.manifest,  # noqa: F821
-        snakemake.output.report,  # noqa: F821
-        snakemake.output.skipped,  # noqa: F821
+        snakemake.wildcards.dataset,
+        snakemake.config,
+        snakemake.output.manifest,
+        snakemake.output.report,
+        snakemake.output.skipped,
     )

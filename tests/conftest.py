@@ -72,7 +72,7 @@ def make_openclipart(root: Path) -> Path:
     # The same caption twice: only the first (by path) is kept.
     add_drawing(root, "zz/another_cat", title="Sleeping Cat", color=1)
     # A drawing too large for max_pixels in the tests' config: read from its SVG.
-    add_drawing(root, "maps/big_map", title="World Map", size=(120, 80), color=2)
+    add_drawing(root, "maps/big_map_v.2_final", title="World Map", size=(120, 80), color=2)
     # A symlinked PNG: the same drawing under a second name.
     link = root / "png" / "animals" / "cat_copy.png"
     os.symlink(root / "png" / "animals" / "cat_01.png", link)

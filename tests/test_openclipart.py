@@ -41,7 +41,7 @@ def test_caption_rules(openclipart_root: Path) -> None:
         "office/icons/folder_txt": "folder txt",
         "tools/hammer": "A claw hammer",  # no title -> description
         "tools/wrench": "wrench, tool",  # no title, no description -> keywords
-        "maps/big_map": "World Map",
+        "maps/big_map_v.2_final": "World Map",
     }
     # "gramastar" x3, keyword "stars" x3, file name "star" x3: no distinct caption.
     assert summary["skipped"] == {
@@ -62,10 +62,10 @@ def test_caption_rules(openclipart_root: Path) -> None:
 
 def test_huge_png_is_read_from_its_svg(openclipart_root: Path) -> None:
     manifest, summary, _ = prepare_dataset("oc", dataset_cfg(openclipart_root), seed=0)
-    path = manifest.set_index("image_id").loc["maps/big_map", "image_path"]
-    assert path.endswith("svg/maps/big_map.svg")
+    path = manifest.set_index("image_id").loc["maps/big_map_v.2_final", "image_path"]
+    assert path.endswith("svg/maps/big_map_v.2_final.svg")  # a dot in the name
     assert summary["read_from_svg_over_max_pixels"] == 1
-    others = manifest[manifest["image_id"] != "maps/big_map"]["image_path"]
+    others = manifest[manifest["image_id"] != "maps/big_map_v.2_final"]["image_path"]
     assert others.str.endswith(".png").all()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from mmalign.embed import Embeddings
 
 from .conftest import make_openclipart
 
@@ -72,24 +76,45 @@ def test_bad_config_stops_with_the_key(tmp_path: Path) -> None:
 
 @pytest.mark.workflow
 def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
+    """The default config's real encoders, on a tiny library, in 2 shards;
+    a shard already on disk is not recomputed (resume)."""
     root = make_openclipart(tmp_path / "openclipart")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["datasets"]["openclipart"].update(root=str(root), max_pixels=5000)
+    config["encoders"]["minilm_effnet_pca384"]["adapter"]["dim"] = 4  # 9 drawings only
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = snakemake(
-        "--cores", "2", "--resources", "gpu=1", "--directory", str(tmp_path), cwd=tmp_path
-    )
+    common = ["--cores", "2", "--resources", "gpu=1", "--set-scatter", "embed=2"]
+    common += ["--directory", str(tmp_path)]
+
+    first = snakemake(*common, "results/openclipart/minilm_effnet/shards/1-of-2.npz", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    proc = snakemake(*common, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    manifest = pd.read_parquet(tmp_path / "results/openclipart/manifest.parquet")
+    assert re.search(r"embed_shard\s+1\n", proc.stdout + proc.stderr), "shard 1 was recomputed"
+
+    results = tmp_path / "results/openclipart"
+    manifest = pd.read_parquet(results / "manifest.parquet")
     assert list(manifest.columns) == ["image_id", "image_path", "caption", "caption_idx", "split"]
     assert len(manifest) == 9
-    report = yaml.safe_load((tmp_path / "results/openclipart/prepare.json").read_text())
-    assert report["pairs"] == 9
-    assert report["skipped"]["symlink_duplicate"] == 1
-    skipped = pd.read_csv(tmp_path / "results/openclipart/skipped.csv")
-    assert len(skipped) == sum(report["skipped"].values())
+    report = json.loads((results / "prepare.json").read_text())
+    assert report["pairs"] == 9 and report["skipped"]["symlink_duplicate"] == 1
+    assert len(pd.read_csv(results / "skipped.csv")) == sum(report["skipped"].values())
     log = (tmp_path / "results/logs/prepare/openclipart.log").read_text()
     assert "openclipart: 9 images, 9 pairs" in log
-    # A second run has nothing to do.
-    again = snakemake("--cores", "2", "--directory", str(tmp_path), "-n", cwd=tmp_path)
+
+    raw = Embeddings.load(results / "minilm_effnet/embeddings")
+    assert raw.image.shape == (9, 1280) and raw.text.shape == (9, 384)
+    assert raw.images["image_id"].tolist() == manifest["image_id"].tolist()
+    assert raw.meta["images_per_s"] > 0 and raw.meta["n_shards"] == 2
+    pca = Embeddings.load(results / "minilm_effnet_pca384/embeddings")
+    assert pca.image.shape == (9, 4) and pca.text.shape == (9, 4)
+    assert not (results / "minilm_effnet/shards").exists() or not any(
+        (results / "minilm_effnet/shards").iterdir()
+    ), "shards are temporary"
+    assert (
+        "images/s"
+        in (tmp_path / "results/logs/embed_shard/openclipart/minilm_effnet/2-of-2.log").read_text()
+    )
+
+    again = snakemake(*common, "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -130,3 +130,28 @@ def config_hash(obj: Any) -> str:
     """A short, stable hash of a JSON-able object (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def embedding_plan(encoders: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Which encoders are embedded from data, and which derive from another's output.
+
+    Returns ``(computed, adapted_from)``. An encoder with an ``adapter`` reuses
+    the embeddings of a configured twin that has the same models and no
+    adapter; with no such twin, a hidden ``<name>-raw`` encoder is computed.
+    """
+    computed = {name: spec for name, spec in encoders.items() if "adapter" not in spec}
+    adapted_from: dict[str, str] = {}
+    for name, spec in sorted(encoders.items()):
+        if "adapter" not in spec:
+            continue
+        base = {k: v for k, v in spec.items() if k != "adapter"}
+        twin = next((n for n, s in sorted(computed.items()) if s == base), None)
+        if twin is None:
+            twin = f"{name}-raw"
+            if twin in encoders:
+                raise ConfigError(
+                    f"encoders.{twin}: this name is reserved for {name}'s raw embeddings"
+                )
+            computed[twin] = base
+        adapted_from[name] = twin
+    return computed, adapted_from

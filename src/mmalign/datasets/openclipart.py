@@ -107,12 +107,13 @@ def read(cfg: dict[str, Any], report: PrepareReport) -> Iterator[RawImage]:
 
     drawings: list[tuple[str, Path, Path, dict[str, str]]] = []
     for png in sorted(png_root.rglob("*.png")):
-        rel = png.relative_to(png_root).with_suffix("")
+        # Not with_suffix: names such as "microchip_v.2_havok" carry dots.
+        image_id = png.relative_to(png_root).as_posix()[: -len(".png")]
         if png.is_symlink():
             report.drop("symlink_duplicate", str(png), f"same drawing as {png.resolve()}")
             continue
-        svg = svg_root / rel.with_suffix(".svg")
-        drawings.append((rel.as_posix(), png, svg, _candidates(png, svg, report)))
+        svg = svg_root / f"{image_id}.svg"
+        drawings.append((image_id, png, svg, _candidates(png, svg, report)))
     if not drawings:
         raise DatasetError(f"{png_root}: no PNG files found; is openclipart-png installed?")
 
