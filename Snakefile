@@ -16,9 +16,13 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/embed.smk"
+include: "rules/retrieval.smk"
+include: "rules/geometry.smk"
+include: "rules/learn.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_targets(),
+        FINAL_TARGETS_WITH_TRACKING,

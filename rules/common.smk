@@ -1,10 +1,25 @@
+import os
 import re
 
 from mmalign.config import embedding_plan, validate_config
 from mmalign.embed import EMBEDDING_FILES
+from mmalign.retrieval import PROTOCOLS
+from mmalign.tracking import git_commit, tracking_uri
 
 # Validates in place and fills the defaults; a bad key stops here, named.
 validate_config(config)
+
+# Declared so that cluster jobs receive them. MMALIGN_ROOT: the conda envs
+# (--sdm conda) pip-install this checkout from it. MLFLOW_TRACKING_URI: when
+# unset, the config's (or the default SQLite) URI is exported.
+os.environ["MMALIGN_ROOT"] = workflow.basedir
+os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(config))
+
+
+envvars:
+    "MMALIGN_ROOT",
+    "MLFLOW_TRACKING_URI",
+
 
 DATASETS = sorted(config["datasets"])
 ENCODERS = sorted(config["encoders"])
@@ -45,9 +60,18 @@ def adapter_source(wildcards):
     return embedding_files(f"results/{wildcards.dataset}/{base}/embeddings")
 
 
-def final_targets():
-    return expand(
-        "results/{dataset}/{encoder}/embeddings/meta.json",
-        dataset=DATASETS,
-        encoder=ENCODERS,
-    )
+# Each stage's rule file adds the files `rule all` asks for.
+FINAL_TARGETS = []
+
+
+def report_inputs(wildcards):
+    units = expand("results/{dataset}/{encoder}", dataset=DATASETS, encoder=ENCODERS)
+    return {
+        "retrieval": [f"{u}/retrieval.parquet" for u in units],
+        "geometry": [f"{u}/geometry.json" for u in units],
+        "significance": "results/stats/significance.parquet",
+        "figures": [
+            "results/figures/tsne_grid.png",
+            "results/figures/precision_upper_bounds.png",
+        ],
+    }

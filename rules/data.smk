@@ -18,3 +18,6 @@ rule prepare:
         dataset=dataset_config,
     script:
         "../scripts/prepare.py"
+
+
+FINAL_TARGETS.extend(expand("results/{dataset}/manifest.parquet", dataset=DATASETS))

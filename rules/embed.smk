@@ -69,3 +69,12 @@ rule adapt:
         encoder=encoder_config,
     script:
         "../scripts/adapt.py"
+
+
+FINAL_TARGETS.extend(
+    expand(
+        "results/{dataset}/{encoder}/embeddings/meta.json",
+        dataset=DATASETS,
+        encoder=ENCODERS,
+    )
+)

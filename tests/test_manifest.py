@@ -115,3 +115,16 @@ def test_empty_dataset_is_an_error(tmp_path: Path) -> None:
         r.image_path.unlink()
     with pytest.raises(DatasetError, match=r"empty: 2 images read.*missing_image': 2"):
         build(recs, on_bad_input="skip")
+
+
+def test_atomic_outputs_have_the_usual_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from mmalign.io import write_json
+
+    write_json({"a": 1}, tmp_path / "out.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left

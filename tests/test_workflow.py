@@ -80,8 +80,18 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     a shard already on disk is not recomputed (resume)."""
     root = make_openclipart(tmp_path / "openclipart")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["datasets"]["openclipart"].update(root=str(root), max_pixels=5000)
-    config["encoders"]["minilm_effnet_pca384"]["adapter"]["dim"] = 4  # 9 drawings only
+    config["datasets"]["openclipart"].update(
+        root=str(root), max_pixels=5000, splits={"train": 1, "val": 1, "test": 1}
+    )
+    config["encoders"]["minilm_effnet_pca384"]["adapter"]["dim"] = 2  # 3 train drawings only
+    # Small budgets: this test checks the plumbing, the unit tests check the numbers.
+    config["retrieval"] = {"bootstrap": 50}
+    config["geometry"] = {"tsne_samples": 10}
+    config["learn"] = {
+        "variants": ["mlp_contrastive", "align"],
+        "mlp": {"n_trials": 1, "max_epochs": 2},
+        "align": {"epochs": 5},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     common = ["--cores", "2", "--resources", "gpu=1", "--set-scatter", "embed=2"]
     common += ["--directory", str(tmp_path)]
@@ -95,7 +105,7 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     results = tmp_path / "results/openclipart"
     manifest = pd.read_parquet(results / "manifest.parquet")
     assert list(manifest.columns) == ["image_id", "image_path", "caption", "caption_idx", "split"]
-    assert len(manifest) == 9
+    assert len(manifest) == 9 and (manifest["split"].value_counts() == 3).all()
     report = json.loads((results / "prepare.json").read_text())
     assert report["pairs"] == 9 and report["skipped"]["symlink_duplicate"] == 1
     assert len(pd.read_csv(results / "skipped.csv")) == sum(report["skipped"].values())
@@ -107,7 +117,7 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     assert raw.images["image_id"].tolist() == manifest["image_id"].tolist()
     assert raw.meta["images_per_s"] > 0 and raw.meta["n_shards"] == 2
     pca = Embeddings.load(results / "minilm_effnet_pca384/embeddings")
-    assert pca.image.shape == (9, 4) and pca.text.shape == (9, 4)
+    assert pca.image.shape == (9, 2) and pca.text.shape == (9, 2)
     assert not (results / "minilm_effnet/shards").exists() or not any(
         (results / "minilm_effnet/shards").iterdir()
     ), "shards are temporary"
@@ -115,6 +125,40 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
         "images/s"
         in (tmp_path / "results/logs/embed_shard/openclipart/minilm_effnet/2-of-2.log").read_text()
     )
+
+    retrieval = pd.read_parquet(results / "minilm_effnet_pca384/retrieval.parquet")
+    assert set(retrieval["protocol"]) == {"subset", "full", "learned_test"}
+    assert set(retrieval["direction"]) == {"t2i", "i2t"}
+    fixed = retrieval[retrieval["protocol"] != "learned_test"]
+    assert set(fixed["metric"]) == {
+        "cosine",
+        "euclidean",
+        "manhattan",
+        "chi2",
+        "centered_cosine",
+        "csls",
+        "qbnorm",
+    }
+    hit = fixed[(fixed["measure"] == "hit") & (fixed["metric"] == "cosine")]
+    assert hit["value"].between(0, 1).all() and (hit["n_queries"] == 9).all()
+    raw = pd.read_parquet(results / "minilm_effnet/retrieval.parquet")
+    raw_fixed = raw[raw["protocol"] != "learned_test"]
+    assert raw_fixed["value"].isna().all()
+    assert raw_fixed["note"].str.startswith("n/a: image 1280-d").all()
+    # Alignment heads handle the 1280-d vs 384-d pair natively.
+    assert raw.loc[raw["metric"] == "align", "value"].notna().any()
+    assert (tmp_path / "results/stats/significance.parquet").exists()
+
+    geometry = json.loads((results / "minilm_effnet_pca384/geometry.json").read_text())
+    assert geometry["modality_gap"] > 0
+    assert (results / "minilm_effnet_pca384/figures/tsne.png").stat().st_size > 0
+    report = (tmp_path / "results/report.md").read_text()
+    assert "## Table 2" in report and "## Table 3" in report
+    runs = json.loads((tmp_path / "results/mlflow_runs.json").read_text())
+    assert runs["created"] > 0 and set(runs["runs"]) == {
+        "openclipart/minilm_effnet",
+        "openclipart/minilm_effnet_pca384",
+    }
 
     again = snakemake(*common, "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,15 @@
+"""Rule `tsne_grid`: Figure 2 over every dataset x encoder."""
+
+from mmalign.logs import setup_logging
+from mmalign.plots import write_tsne_grid
+
+if __name__ == "__main__":
+    setup_logging(snakemake.log[0])
+    write_tsne_grid(
+        summaries=list(snakemake.input.summaries),
+        points=list(snakemake.input.points),
+        panels=snakemake.params.panels,
+        datasets=snakemake.params.datasets,
+        encoders=snakemake.params.encoders,
+        out_stem=snakemake.output.png.removesuffix(".png"),
+    )

@@ -1,0 +1,26 @@
+"""Rule `report`: the paper's tables (CSV + Markdown) and results/report.md."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from mmalign.logs import setup_logging
+from mmalign.report import build_report, load_geometry
+
+if __name__ == "__main__":
+    setup_logging(snakemake.log[0])
+    inputs = snakemake.input
+    unit_figures = sorted(
+        str(p) for path in inputs.geometry for p in (Path(path).parent / "figures").glob("*.png")
+    )
+    build_report(
+        results=pd.concat([pd.read_parquet(p) for p in inputs.retrieval], ignore_index=True),
+        geometry=load_geometry(inputs.geometry),
+        significance=pd.read_parquet(inputs.significance),
+        tables_dir=Path(snakemake.output.tables),
+        report_path=Path(snakemake.output.report),
+        figures={
+            "Figures: t-SNE grid; precision@K upper bounds": list(inputs.figures),
+            "Figures per dataset and encoder (t-SNE, cosines, retrieval examples)": unit_figures,
+        },
+    )

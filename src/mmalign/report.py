@@ -1,0 +1,273 @@
+"""The paper's tables, and the report that embeds them with the figures.
+
+Every table is built from the score files only (``retrieval.parquet``,
+``geometry.json``, ``significance.parquet``) and written as CSV (numbers) and
+Markdown (what a reader sees: percentages with their bootstrap 95% interval,
+the best cell of each column in bold).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mmalign.io import atomic_path, write_csv
+from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS
+
+LEARNED_METRICS = ("mlp_mse", "mlp_contrastive", "mlp_down")
+
+
+def percent(value: float, low: float = math.nan, high: float = math.nan) -> str:
+    """``0.844, 0.82, 0.87`` -> ``"84.4 [82.0, 87.0]"``; NaN -> ``"n/a"``."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    text = f"{100 * value:.1f}"
+    if not (pd.isna(low) or pd.isna(high)):
+        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return text
+
+
+def markdown_table(frame: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
+    """A GitHub Markdown table of ``frame`` (index included); ``bold`` marks cells."""
+    index_names = [str(n) if n else "" for n in frame.index.names]
+    columns = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(index_names + columns) + " |"]
+    lines.append("|" + "---|" * (len(index_names) + len(columns)))
+    for position, (key, row) in enumerate(frame.iterrows()):
+        keys = list(key) if isinstance(key, tuple) else [key]
+        cells = []
+        for j, value in enumerate(row):
+            text = str(value)
+            if bold is not None and bool(bold.iloc[position, j]):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join([str(k) for k in keys] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(
+    name: str,
+    numbers: pd.DataFrame,
+    shown: pd.DataFrame,
+    out_dir: Path,
+    bold: pd.DataFrame | None = None,
+    caption: str = "",
+) -> str:
+    """Write ``{name}.csv`` (numbers) and ``{name}.md`` (shown); return the Markdown."""
+    flat = numbers.copy()
+    flat.columns = [
+        " / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in flat.columns
+    ]
+    write_csv(flat.reset_index(), out_dir / f"{name}.csv")
+    text = (f"{caption}\n\n" if caption else "") + markdown_table(shown, bold)
+    with atomic_path(out_dir / f"{name}.md") as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def hit_table(
+    results: pd.DataFrame, direction: str, protocol: str, metrics: Iterable[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Tables 3-4: hit@K per (dataset, metric) x (encoder, K), best per column in bold."""
+    rows = results[
+        (results["measure"] == "hit")
+        & (results["direction"] == direction)
+        & (results["protocol"] == protocol)
+        & results["metric"].isin(list(metrics))
+    ]
+    if rows.empty:
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+    numbers = rows.pivot_table(
+        index=["dataset", "metric"], columns=["encoder", "k"], values="value", dropna=False
+    )
+    shown = rows.assign(
+        cell=[
+            percent(v, lo, hi)
+            for v, lo, hi in zip(rows["value"], rows["ci_low"], rows["ci_high"], strict=True)
+        ]
+    )
+    shown = shown.pivot_table(
+        index=["dataset", "metric"], columns=["encoder", "k"], values="cell", aggfunc="first"
+    )
+    shown = shown.reindex(index=numbers.index, columns=numbers.columns)
+    best = numbers.eq(numbers.groupby(level="dataset").transform("max")) & numbers.notna()
+    return numbers, shown.fillna("n/a"), best
+
+
+def geometry_table(
+    geometry: dict[tuple[str, str], dict[str, Any]],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2: Wasserstein-2 (mean +- std over batches) and the centroid gap."""
+    records = []
+    for (dataset, encoder), g in sorted(geometry.items()):
+        records.append(
+            {
+                "dataset": dataset,
+                "encoder": encoder,
+                "w2_mean": g.get("w2_mean"),
+                "w2_std": g.get("w2_std"),
+                "w2_gaussian": g.get("w2_gaussian"),
+                "modality_gap": g.get("modality_gap"),
+            }
+        )
+    numbers = pd.DataFrame(records).set_index(["dataset", "encoder"])
+
+    def fmt(value: Any, spread: Any = None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return f"{value:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
+
+    shown = pd.DataFrame(
+        {
+            "W2 (exact, mean ± std)": [
+                fmt(a, b) for a, b in zip(numbers["w2_mean"], numbers["w2_std"], strict=True)
+            ],
+            "W2 (Gaussian)": [fmt(v) for v in numbers["w2_gaussian"]],
+            "modality gap": [fmt(v) for v in numbers["modality_gap"]],
+        },
+        index=numbers.index,
+    )
+    return numbers, shown
+
+
+def precision_table(
+    results: pd.DataFrame, protocol: str, metrics: Iterable[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 5 / 6 style: precision@K (or hit@K) per (dataset, encoder, metric) x (direction, K)."""
+    measure = "precision" if protocol == "multicaption" else "hit"
+    rows = results[
+        (results["protocol"] == protocol)
+        & (results["measure"] == measure)
+        & results["metric"].isin(list(metrics))
+    ]
+    if rows.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    index = ["dataset", "encoder", "metric"]
+    numbers = rows.pivot_table(
+        index=index, columns=["direction", "k"], values="value", dropna=False
+    )
+    cells = rows.assign(
+        cell=[
+            percent(v, lo, hi)
+            for v, lo, hi in zip(rows["value"], rows["ci_low"], rows["ci_high"], strict=True)
+        ]
+    )
+    shown = cells.pivot_table(
+        index=index, columns=["direction", "k"], values="cell", aggfunc="first"
+    )
+    return numbers, shown.reindex(index=numbers.index, columns=numbers.columns).fillna("n/a")
+
+
+def build_report(
+    results: pd.DataFrame,
+    geometry: dict[tuple[str, str], dict[str, Any]],
+    significance: pd.DataFrame,
+    tables_dir: Path,
+    report_path: Path,
+    figures: dict[str, list[str]],
+) -> None:
+    """Write every table under ``tables_dir`` and ``report.md`` that embeds them.
+
+    ``figures`` maps a section title to figure paths (PNG) to embed.
+    """
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    base = report_path.parent
+    sections = [
+        "# mmalign report\n",
+        "Percentages with bootstrap 95% intervals over queries; bold = best in its column "
+        "for that dataset. Chance hit@K is K / gallery size (0.1% hit@1 for 1,000 pairs).\n",
+    ]
+
+    def add(title: str, blurb: str, name: str, numbers: pd.DataFrame, shown: pd.DataFrame,
+            bold: pd.DataFrame | None = None) -> None:  # fmt: skip
+        sections.extend([f"## {title}\n", f"{blurb}\n"])
+        sections.append(write_table(name, numbers, shown, tables_dir, bold))
+
+    if geometry:
+        add("Table 2: Wasserstein-2 distance and modality gap",
+            "How far apart the image and text clouds sit: exact W2 over random batches of pairs, "
+            "its Gaussian closed form, and the distance between the modality centroids.",
+            "table2_geometry", *geometry_table(geometry))  # fmt: skip
+
+    paper_metrics = FIXED_METRICS + LEARNED_METRICS
+    for number, direction, label in ((3, "t2i", "text-to-image"), (4, "i2t", "image-to-text")):
+        numbers, shown, best = hit_table(results, direction, "subset", paper_metrics)
+        if not numbers.empty:
+            add(f"Table {number}: {label} hit@K on the seeded subset (the paper's P@K)",
+                f"Share of {label} queries whose one true match is in the top K.",
+                f"table{number}_{direction}_hit", numbers, shown, best)  # fmt: skip
+
+    numbers, shown = precision_table(results, "multicaption", ("cosine",))
+    if not numbers.empty:
+        add("Table 5: multi-caption precision@K (all captions of the test split)",
+            "True precision, relevant in the top K / K; image-to-text has up to 5 relevant.",
+            "table5_multicaption_precision", numbers, shown)  # fmt: skip
+
+    numbers, shown = precision_table(results, "learned_test", ("mlp_down",))
+    if not numbers.empty:
+        add("Table 6: the fixed 500-300-100 down-projection MLP (MSE)",
+            "hit@K of the paper's down-projection MLP on the test split.",
+            "table6_mlp_down", numbers, shown)  # fmt: skip
+
+    if not significance.empty:
+        shown = significance.assign(
+            hit_a=[percent(v) for v in significance["hit_a"]],
+            hit_b=[percent(v) for v in significance["hit_b"]],
+            p_value=[f"{p:.2g}" for p in significance["p_value"]],
+            p_holm=[f"{p:.2g}" for p in significance["p_holm"]],
+        ).set_index(["dataset", "protocol", "direction", "metric", "k"])
+        columns = ["encoder_a", "encoder_b", "hit_a", "hit_b", "p_value", "p_holm", "significant"]
+        add("Significance: pairwise chi-square tests between encoders (Holm-corrected)",
+            "Whether two encoders' hit@K differ beyond chance, per dataset, direction, metric, K.",
+            "significance", significance.set_index(["dataset", "protocol"]),
+            shown[columns])  # fmt: skip
+
+    numbers, shown, best = hit_table(results, "t2i", "subset", ("cosine", *CALIBRATED_METRICS))
+    if not numbers.empty:
+        add("Beyond the paper: calibrated cosines (text-to-image, subset)",
+            "Centring each modality, CSLS and QB-Norm against plain cosine: do calibrated "
+            "similarities retrieve as well while scoring unrelated pairs low?",
+            "beyond_calibrated_t2i", numbers, shown, best)  # fmt: skip
+
+    align = [m for m in results["metric"].unique() if str(m).startswith("align")]
+    numbers, shown = precision_table(results, "learned_test", align)
+    if align and not numbers.empty:
+        add("Beyond the paper: post-hoc alignment heads (test split)",
+            "hit@K after training small projection heads on frozen embeddings (InfoNCE), "
+            "by metric in the aligned space, and a linear baseline.",
+            "beyond_alignment", numbers, shown)  # fmt: skip
+
+    cosine = results[(results["measure"] == "hit") & (results["metric"] == "cosine")]
+    scale = cosine[cosine["protocol"].isin(["subset", "full"])]
+    if scale["protocol"].nunique() == 2:
+        index = ["dataset", "encoder", "direction"]
+        numbers = scale.pivot_table(index=index, columns=["protocol", "k"], values="value")
+        sizes = scale.groupby("protocol")["n_queries"].max().to_dict()
+        add("Beyond the paper: the 1K subset against the full dataset (cosine)",
+            f"hit@K with a gallery of {sizes['subset']} (subset) against {sizes['full']} "
+            "(every pair): how much the paper's subset flatters retrieval.",
+            "beyond_full_vs_subset", numbers, numbers.map(percent))  # fmt: skip
+
+    for title, paths in figures.items():
+        if paths:
+            sections.append(f"## {title}\n")
+            for path in map(Path, paths):
+                shown_path = path.relative_to(base) if path.is_relative_to(base) else path
+                sections.append(f"![{path.stem}]({shown_path})\n")
+
+    with atomic_path(report_path) as tmp:
+        tmp.write_text("\n".join(sections))
+
+
+def load_geometry(paths: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``results/{dataset}/{encoder}/geometry.json`` files by (dataset, encoder)."""
+    out = {}
+    for path in paths:
+        p = Path(path)
+        out[(p.parent.parent.name, p.parent.name)] = json.loads(p.read_text())
+    return out

@@ -1,0 +1,445 @@
+"""Exact cross-modal retrieval at any scale, and the measures it is scored by.
+
+The engine never holds the N x N score matrix: query rows are scored in
+blocks of ``block_rows`` x N (memory bounded by ``block_mb``). For every query
+it finds the 1-based *rank* of each relevant gallery item, counting the items
+that score higher plus the tied items with a lower index (ties are broken by
+gallery index, deterministically). The true item's score is read from the
+same block it is compared with, so the count is exact. All measures follow
+from these ranks, for every K at once:
+
+- ``hit@K``: 1 if any relevant item is in the top K (the paper's Tables 3-4
+  call this P@K; with one relevant item it is Recall@K);
+- ``precision@K``: relevant items in the top K / K (the paper's Table 5);
+- ``recall@K``: relevant items in the top K / relevant items;
+- ``mrr``: 1 / rank of the first relevant item;
+- ``ndcg@10``: binary-relevance nDCG at 10;
+- ``median_rank`` and ``mean_rank`` of the first relevant item.
+
+Each figure comes with a bootstrap 95% interval over queries (percentile
+method, seeded).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mmalign.embed import Embeddings
+from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS, Scorer, l2_normalize
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = [
+    "dataset", "encoder", "protocol", "direction", "metric", "k", "measure",
+    "value", "ci_low", "ci_high", "n_queries", "note",
+]  # fmt: skip
+PROTOCOLS = ("subset", "full", "multicaption")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One retrieval direction: queries, a gallery, and what is relevant.
+
+    ``rel_ptr``/``rel_idx`` hold each query's relevant gallery rows in CSR
+    form: query i's are ``rel_idx[rel_ptr[i]:rel_ptr[i + 1]]``.
+    """
+
+    queries: np.ndarray
+    gallery: np.ndarray
+    rel_ptr: np.ndarray
+    rel_idx: np.ndarray
+
+    @classmethod
+    def one_to_one(cls, queries: np.ndarray, gallery: np.ndarray) -> Task:
+        n = len(queries)
+        return cls(queries, gallery, np.arange(n + 1), np.arange(n))
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.rel_ptr) - 1
+
+
+def block_rows_for(n_gallery: int, block_mb: float) -> int:
+    """Query rows per block so that a float32 block stays within ``block_mb``."""
+    return max(1, min(65536, int(block_mb * 2**20 // (4 * max(1, n_gallery)))))
+
+
+def relevant_ranks(scorer: Scorer, task: Task, block_mb: float = 256) -> np.ndarray:
+    """1-based rank of every relevant item (aligned with ``task.rel_idx``)."""
+    queries = torch.from_numpy(np.ascontiguousarray(task.queries, dtype=np.float32))
+    n_gallery = len(task.gallery)
+    rows = block_rows_for(n_gallery, block_mb)
+    buffer = torch.empty(rows, n_gallery)
+    columns = torch.arange(n_gallery)
+    counts = np.diff(task.rel_ptr)
+    ranks = np.zeros(len(task.rel_idx), dtype=np.int64)
+    for start in tqdm(range(0, task.n_queries, rows), desc="ranking", unit="block", mininterval=5):
+        stop = min(start + rows, task.n_queries)
+        scores = scorer.block(queries[start:stop], buffer[: stop - start])
+        local_rows = torch.arange(stop - start)
+        for slot in range(int(counts[start:stop].max(initial=0))):
+            has = torch.from_numpy(counts[start:stop] > slot)
+            pos = torch.from_numpy(task.rel_ptr[start:stop] + slot).clamp(max=len(task.rel_idx) - 1)
+            cols = torch.from_numpy(task.rel_idx)[pos]
+            true = scores[local_rows, cols]
+            higher = (scores > true[:, None]).sum(1)
+            tied_before = ((scores == true[:, None]) & (columns[None, :] < cols[:, None])).sum(1)
+            rank = (1 + higher + tied_before).numpy()
+            keep = has.numpy()
+            ranks[pos.numpy()[keep]] = rank[keep]
+    return ranks
+
+
+def _ordered(
+    values: torch.Tensor, indices: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort candidates by (value descending, index ascending) and keep k."""
+    by_index = torch.sort(indices, dim=1, stable=True)
+    values = torch.gather(values, 1, by_index.indices)
+    by_value = torch.sort(values, dim=1, descending=True, stable=True)
+    order = by_value.indices[:, :k]
+    return by_value.values[:, :k], torch.gather(by_index.values, 1, order)
+
+
+def _block_topk(scores: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of each row, ties broken by lower column index."""
+    k = min(k, scores.shape[1])
+    # A tie straddles the k-th place exactly when the k-th and (k+1)-th values are equal.
+    values, indices = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+    if values.shape[1] > k:
+        for row in (values[:, k - 1] == values[:, k]).nonzero().flatten().tolist():
+            order = torch.sort(scores[row], descending=True, stable=True)
+            values[row, :k], indices[row, :k] = order.values[:k], order.indices[:k]
+    values, indices = _ordered(values[:, :k], indices[:, :k], k)
+    return values, indices + offset
+
+
+def topk(
+    scorer: Scorer, queries: np.ndarray, k: int, block_mb: float = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, gallery indices) of each query's k best items, best first."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    n_gallery = len(scorer.gallery)
+    rows = block_rows_for(n_gallery, block_mb)
+    buffer = torch.empty(rows, n_gallery)
+    out_v, out_i = [], []
+    for start in range(0, len(q), rows):
+        block = scorer.block(q[start : start + rows], buffer[: len(q[start : start + rows])])
+        v, i = _block_topk(block, k, 0)
+        out_v.append(v.clone())
+        out_i.append(i.clone())
+    return scorer.values(torch.cat(out_v)).numpy(), torch.cat(out_i).numpy()
+
+
+def topk_both_directions(
+    scorer: Scorer, queries: np.ndarray, k: int, block_mb: float = 256
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Top-k of queries over the gallery and of gallery items over the queries,
+    from one pass of score blocks (the metric must be symmetric)."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    n_gallery = len(scorer.gallery)
+    rows = block_rows_for(n_gallery, block_mb)
+    buffer = torch.empty(rows, n_gallery)
+    row_v, row_i = [], []
+    col_v = torch.full((n_gallery, 0), -torch.inf)
+    col_i = torch.empty((n_gallery, 0), dtype=torch.long)
+    for start in range(0, len(q), rows):
+        stop = min(start + rows, len(q))
+        block = scorer.block(q[start:stop], buffer[: stop - start])
+        v, i = _block_topk(block, k, 0)
+        row_v.append(v.clone())
+        row_i.append(i.clone())
+        v, i = _block_topk(block.T.contiguous(), k, start)  # contiguous: 3x faster than strided
+        col_v, col_i = _ordered(torch.cat([col_v, v], 1), torch.cat([col_i, i], 1), k)
+    rows_out = (scorer.values(torch.cat(row_v)).numpy(), torch.cat(row_i).numpy())
+    return rows_out, (scorer.values(col_v).numpy(), col_i.numpy())
+
+
+def measures_per_query(
+    ranks: np.ndarray, rel_ptr: np.ndarray, ks: list[int]
+) -> dict[str, np.ndarray]:
+    """Per-query values of every measure, from the relevant items' ranks."""
+    n = len(rel_ptr) - 1
+    counts = np.diff(rel_ptr)
+    if (counts == 0).any():
+        raise ValueError("every query needs at least one relevant item")
+    qid = np.repeat(np.arange(n), counts)
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, qid, ranks)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        found = np.bincount(qid, weights=(ranks <= k), minlength=n)
+        out[f"hit@{k}"] = (first <= k).astype(float)
+        out[f"precision@{k}"] = found / k
+        out[f"recall@{k}"] = found / counts
+    gains = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, 12)))[np.minimum(counts, 10) - 1]
+    out["ndcg@10"] = np.bincount(qid, weights=gains, minlength=n) / ideal
+    out["mrr"] = 1.0 / first
+    out["median_rank"] = first.astype(float)
+    out["mean_rank"] = first.astype(float)
+    return out
+
+
+def bootstrap(
+    values: dict[str, np.ndarray], n_boot: int, seed: int
+) -> dict[str, tuple[float, float, float]]:
+    """(estimate, 2.5th, 97.5th percentile) per measure, resampling queries.
+
+    Means use resampling counts (one matrix product for all measures); the
+    median rank uses the same resamples through a weighted median.
+    """
+    names = list(values)
+    n = len(values[names[0]])
+    matrix = np.stack([values[m] for m in names], axis=1)
+    is_median = np.array([m == "median_rank" for m in names])
+    estimate = np.where(is_median, np.median(matrix, 0), matrix.mean(0))
+    if n_boot == 0 or n < 2:
+        return {m: (float(e), np.nan, np.nan) for m, e in zip(names, estimate, strict=True)}
+    rng = np.random.default_rng(seed)
+    stats = np.empty((n_boot, len(names)))
+    order = np.argsort(matrix[:, is_median], axis=0, kind="stable") if is_median.any() else None
+    for lo in range(0, n_boot, 100):
+        hi = min(n_boot, lo + 100)
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(lo, hi)])
+        stats[lo:hi] = counts @ matrix / n
+        if order is not None:
+            for j, col in enumerate(np.flatnonzero(is_median)):
+                cum = np.cumsum(counts[:, order[:, j]], axis=1)
+                stats[lo:hi, col] = matrix[order[:, j], col][np.argmax(cum >= n / 2, axis=1)]
+    low, high = np.percentile(stats, [2.5, 97.5], axis=0)
+    return {
+        m: (float(e), float(a), float(b))
+        for m, e, a, b in zip(names, estimate, low, high, strict=True)
+    }
+
+
+# ---- protocols -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    ks: tuple[int, ...] = (1, 5, 10)
+    metrics: tuple[str, ...] = FIXED_METRICS + CALIBRATED_METRICS
+    subset_size: int = 1000
+    multicaption_split: str = "test"
+    bootstrap: int = 1000
+    block_mb: float = 256
+    csls_k: int = 10
+    qbnorm_beta: float = 20.0
+    querybank_size: int = 5000
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], seed: int) -> RetrievalOptions:
+        return cls(
+            ks=tuple(cfg["ks"]),
+            metrics=tuple(cfg["metrics"]),
+            subset_size=cfg["subset_size"],
+            multicaption_split=cfg["multicaption_split"],
+            bootstrap=cfg["bootstrap"],
+            block_mb=cfg["block_mb"],
+            csls_k=cfg["csls_k"],
+            qbnorm_beta=cfg["qbnorm_beta"],
+            querybank_size=cfg["querybank_size"],
+            seed=seed,
+        )
+
+
+@dataclass
+class Protocol:
+    """The two tasks of one protocol, plus the rows each side came from."""
+
+    name: str
+    t2i: Task
+    i2t: Task
+    text_rows: np.ndarray  # rows of text.npy used
+    image_rows: np.ndarray  # rows of image.npy used
+
+
+def first_caption_pairs(emb: Embeddings) -> tuple[np.ndarray, np.ndarray]:
+    """(text rows, image rows) of each image's first caption, in image order."""
+    texts = emb.texts.reset_index(drop=True)
+    first = texts.index[
+        texts["caption_idx"] == texts.groupby("image_id")["caption_idx"].transform("min")
+    ]
+    text_rows = first.to_numpy()
+    image_rows = texts.loc[first, "image_row"].to_numpy()
+    order = np.argsort(image_rows, kind="stable")
+    return text_rows[order], image_rows[order]
+
+
+def build_protocol(emb: Embeddings, name: str, opts: RetrievalOptions) -> Protocol:
+    """The paper's ``subset`` (seeded pairs), ``full`` (every pair, one caption
+    per image) or ``multicaption`` (every caption of a split's images)."""
+    image, text = np.asarray(emb.image), np.asarray(emb.text)
+    if name in ("subset", "full"):
+        text_rows, image_rows = first_caption_pairs(emb)
+        if name == "subset" and opts.subset_size < len(text_rows):
+            pick = np.sort(
+                np.random.default_rng(opts.seed).choice(
+                    len(text_rows), opts.subset_size, replace=False
+                )
+            )
+            text_rows, image_rows = text_rows[pick], image_rows[pick]
+        t, i = text[text_rows], image[image_rows]
+        return Protocol(name, Task.one_to_one(t, i), Task.one_to_one(i, t), text_rows, image_rows)
+    if name != "multicaption":
+        raise ValueError(f"unknown protocol {name!r}; known: {PROTOCOLS}")
+    split = opts.multicaption_split
+    image_rows = np.flatnonzero(emb.images["split"].to_numpy() == split)
+    if len(image_rows) == 0:
+        raise ValueError(f"multicaption: no images in split {split!r}")
+    texts = emb.texts.reset_index(drop=True)
+    chosen = texts[texts["image_row"].isin(image_rows)].sort_values(
+        ["image_row", "caption_idx"], kind="stable"
+    )
+    text_rows = chosen.index.to_numpy()
+    position = {row: p for p, row in enumerate(image_rows)}
+    image_of_caption = np.array([position[r] for r in chosen["image_row"]])
+    t, i = text[text_rows], image[image_rows]
+    t2i = Task(t, i, np.arange(len(t) + 1), image_of_caption)
+    per_image = np.bincount(image_of_caption, minlength=len(image_rows))
+    i2t = Task(
+        i,
+        t,
+        np.concatenate([[0], np.cumsum(per_image)]),
+        np.argsort(image_of_caption, kind="stable"),
+    )
+    return Protocol(name, t2i, i2t, text_rows, image_rows)
+
+
+def make_scorer(metric: str, task: Task, bank: np.ndarray | None, opts: RetrievalOptions) -> Scorer:
+    """A scorer for ``metric`` on ``task``, calibrations fitted as documented in
+    :mod:`mmalign.metrics` (``bank``: training queries for QB-Norm)."""
+    gallery = torch.from_numpy(np.ascontiguousarray(task.gallery, dtype=np.float32))
+    if metric in FIXED_METRICS:
+        return Scorer(metric, gallery)
+    if metric == "centered_cosine":
+        raise ValueError("centered_cosine is applied to the inputs; see score_task")
+    scorer = Scorer("cosine", gallery)
+    if metric == "csls":
+        # r(g): mean cosine of gallery item g to its csls_k nearest queries.
+        reverse = Scorer(
+            "cosine", torch.from_numpy(np.ascontiguousarray(task.queries, dtype=np.float32))
+        )
+        near, _ = topk(reverse, task.gallery, min(opts.csls_k, task.n_queries), opts.block_mb)
+        scorer.scale, scorer.offset = 2.0, torch.from_numpy(near.mean(1))
+    elif metric == "qbnorm":
+        if bank is None or len(bank) == 0:
+            raise ValueError(
+                "no query bank: QB-Norm needs training queries outside the evaluated set"
+            )
+        bank_t = l2_normalize(torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)))
+        offset = torch.empty(len(gallery))
+        for lo in range(0, len(gallery), 4096):
+            sims = scorer.gallery[lo : lo + 4096] @ bank_t.T
+            offset[lo : lo + 4096] = torch.logsumexp(opts.qbnorm_beta * sims, dim=1)
+        scorer.scale, scorer.offset = opts.qbnorm_beta, offset
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    return scorer
+
+
+def score_task(
+    task: Task, metric: str, bank: np.ndarray | None, opts: RetrievalOptions
+) -> np.ndarray:
+    """Relevant ranks of ``task`` under ``metric``."""
+    if metric == "centered_cosine":
+        centred = Task(
+            task.queries - task.queries.mean(0),
+            task.gallery - task.gallery.mean(0),
+            task.rel_ptr,
+            task.rel_idx,
+        )
+        return relevant_ranks(
+            Scorer(
+                "cosine", torch.from_numpy(np.ascontiguousarray(centred.gallery, dtype=np.float32))
+            ),
+            centred,
+            opts.block_mb,
+        )
+    return relevant_ranks(make_scorer(metric, task, bank, opts), task, opts.block_mb)
+
+
+def query_bank(
+    emb: Embeddings, protocol: Protocol, direction: str, opts: RetrievalOptions
+) -> np.ndarray:
+    """Training-split queries of the direction's query modality, none of them evaluated."""
+    if direction == "t2i":
+        rows = np.flatnonzero(emb.texts["split"].to_numpy() == "train")
+        rows = np.setdiff1d(rows, protocol.text_rows)
+        source = emb.text
+    else:
+        rows = np.flatnonzero(emb.images["split"].to_numpy() == "train")
+        rows = np.setdiff1d(rows, protocol.image_rows)
+        source = emb.image
+    if len(rows) > opts.querybank_size:
+        rows = np.sort(
+            np.random.default_rng(opts.seed + 1).choice(rows, opts.querybank_size, replace=False)
+        )
+    return np.asarray(source[rows])
+
+
+def rows_for(
+    values: dict[str, tuple[float, float, float]], n_queries: int, note: str = ""
+) -> list[dict[str, Any]]:
+    out = []
+    for measure, (value, low, high) in values.items():
+        name, _, k = measure.partition("@")
+        out.append({
+            "k": int(k) if k else pd.NA, "measure": name, "value": value,
+            "ci_low": low, "ci_high": high, "n_queries": n_queries, "note": note,
+        })  # fmt: skip
+    return out
+
+
+def measure_names(ks: tuple[int, ...]) -> list[str]:
+    names = [f"{m}@{k}" for k in ks for m in ("hit", "precision", "recall")]
+    return [*names, "ndcg@10", "mrr", "median_rank", "mean_rank"]
+
+
+def score_protocol(
+    emb: Embeddings, protocol_name: str, opts: RetrievalOptions, dataset: str, encoder: str
+) -> pd.DataFrame:
+    """Every metric, both directions, every measure with its interval, long form."""
+    protocol = build_protocol(emb, protocol_name, opts)
+    rows: list[dict[str, Any]] = []
+    mismatch = emb.image.shape[1] != emb.text.shape[1]
+    for direction, task in (("t2i", protocol.t2i), ("i2t", protocol.i2t)):
+        for metric in opts.metrics:
+            base = {"dataset": dataset, "encoder": encoder, "protocol": protocol_name,
+                    "direction": direction, "metric": metric}  # fmt: skip
+            note = ""
+            if mismatch:
+                note = (
+                    f"n/a: image {emb.image.shape[1]}-d vs text {emb.text.shape[1]}-d; "
+                    "metrics between the spaces need equal dimensions (use an adapter)"
+                )
+            bank = (
+                query_bank(emb, protocol, direction, opts)
+                if metric == "qbnorm" and not mismatch
+                else None
+            )
+            if metric == "qbnorm" and bank is not None and len(bank) == 0:
+                note = "n/a: no training queries outside the evaluated set for the query bank"
+            if note:
+                nan = {m: (np.nan, np.nan, np.nan) for m in measure_names(opts.ks)}
+                rows += [{**base, **r} for r in rows_for(nan, task.n_queries, note)]
+                continue
+            log.info("%s %s %s %s: %d queries x %d items", dataset, encoder, direction, metric,
+                     task.n_queries, len(task.gallery))  # fmt: skip
+            ranks = score_task(task, metric, bank, opts)
+            per_query = measures_per_query(ranks, task.rel_ptr, list(opts.ks))
+            values = bootstrap(per_query, opts.bootstrap, opts.seed)
+            rows += [{**base, **r} for r in rows_for(values, task.n_queries)]
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    frame["k"] = frame["k"].astype("Int64")
+    return frame

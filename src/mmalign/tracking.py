@@ -1,0 +1,312 @@
+"""MLflow tracking: the only module that talks to MLflow.
+
+It reads the score files the stages wrote and logs, for every
+(dataset, encoder), one parent run with nested runs per stage (embed,
+retrieval, geometry, each learned variant, each Optuna trial). Params are the
+config that produced the numbers, metrics every figure, artifacts the files.
+
+Logging is idempotent: every run carries a content hash of what it logs (the
+files' bytes and its params). A parent whose hash already exists in the
+experiment is skipped with all its children, so re-running the workflow
+unchanged creates no runs; a changed config or result creates a new parent
+and leaves the old ones. One job writes the SQLite store, so parallel writers
+never meet ("database is locked").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///results/mlflow.db"
+KEY_TAG, HASH_TAG = "mmalign.key", "mmalign.hash"
+
+
+def tracking_uri(config: dict[str, Any]) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the config's ``mlflow.tracking_uri``,
+    else ``sqlite:///results/mlflow.db``."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or config.get("mlflow", {}).get("tracking_uri")
+        or DEFAULT_URI
+    )
+
+
+def git_commit(folder: str | Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (MLflow params are flat strings)."""
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: json.dumps(obj) if isinstance(obj, list) else str(obj)}
+
+
+def metric_key(*parts: Any) -> str:
+    """A key MLflow accepts: ``hit@1`` -> ``hit_at_1``; parts joined by ``/``."""
+    return "/".join(
+        str(p).replace("@", "_at_") for p in parts if p is not None and str(p) != "<NA>"
+    )
+
+
+def file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.name).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class RunSpec:
+    """What one MLflow run will hold."""
+
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    children: list[RunSpec] = field(default_factory=list)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(
+            json.dumps([self.name, self.params, self.metrics], sort_keys=True, default=str).encode()
+        )
+        h.update(file_digest([p for p in self.artifacts if p.exists()]).encode())
+        for child in self.children:
+            h.update(child.digest().encode())
+        return h.hexdigest()[:16]
+
+
+def _numbers(obj: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+            out[name] = float(value)
+        elif isinstance(value, dict) and key != "config":
+            out.update(_numbers(value, f"{name}/"))
+    return out
+
+
+def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any]) -> RunSpec:
+    """The parent run of one (dataset, encoder) and its stage runs, from files."""
+    unit = results / dataset / encoder
+    parent = RunSpec(
+        name=f"{dataset} / {encoder}",
+        params={
+            **flatten(config["datasets"][dataset], "dataset"),
+            **flatten(config["encoders"][encoder], "encoder"),
+            "seed": str(config["seed"]),
+        },
+        tags={"dataset": dataset, "encoder": encoder},
+    )
+    meta = unit / "embeddings" / "meta.json"
+    if meta.exists():
+        parent.children.append(
+            RunSpec(
+                "embed",
+                params=flatten(config.get("embed", {}), "embed"),
+                metrics=_numbers(json.loads(meta.read_text())),
+                artifacts=[meta],
+            )
+        )
+    retrieval = unit / "retrieval.parquet"
+    if retrieval.exists():
+        frame = pd.read_parquet(retrieval)
+        ok = frame[frame["value"].notna()]
+        metrics = {
+            metric_key(
+                r.protocol,
+                r.direction,
+                r.metric,
+                f"{r.measure}@{r.k}" if pd.notna(r.k) else r.measure,
+            ): float(r.value)
+            for r in ok.itertuples()
+        }
+        parent.children.append(
+            RunSpec(
+                "retrieval",
+                params=flatten(config.get("retrieval", {}), "retrieval"),
+                metrics=metrics,
+                artifacts=[retrieval],
+            )
+        )
+    geometry = unit / "geometry.json"
+    if geometry.exists():
+        figures = unit / "figures"
+        parent.children.append(
+            RunSpec(
+                "geometry",
+                params=flatten(config.get("geometry", {}), "geometry"),
+                metrics=_numbers(json.loads(geometry.read_text())),
+                artifacts=[geometry] + ([figures] if figures.exists() else []),
+            )
+        )
+    learn = unit / "learn"
+    for summary in sorted(learn.glob("*.json")) if learn.exists() else []:
+        parent.children.append(learned_run(summary))
+    return parent
+
+
+def learned_run(summary: Path) -> RunSpec:
+    """A learned variant: its summary, weights and study; its trials as child runs."""
+    data = json.loads(summary.read_text())
+    variant = summary.stem
+    run = RunSpec(
+        f"learn: {variant}",
+        params=flatten(data.get("best_params", {}), "best")
+        | flatten(data.get("config", {}), "learn"),
+        metrics=_numbers({k: v for k, v in data.items() if k not in ("best_params", "config")}),
+        artifacts=sorted(p for p in summary.parent.glob(f"{variant}.*") if p.is_file()),
+    )
+    trials = summary.parent / f"{variant}.trials.parquet"
+    if trials.exists():
+        for row in pd.read_parquet(trials).to_dict("records"):
+            params = {
+                k.removeprefix("params_"): str(v) for k, v in row.items() if k.startswith("params_")
+            }
+            numbers = {
+                k: float(v)
+                for k, v in row.items()
+                if not k.startswith("params_")
+                and isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and math.isfinite(float(v))
+            }
+            tags = {"state": str(row.get("state", ""))}
+            run.children.append(
+                RunSpec(
+                    f"trial {row.get('number', '?')}", params=params, metrics=numbers, tags=tags
+                )
+            )
+    return run
+
+
+def _walk(spec: RunSpec) -> Iterator[RunSpec]:
+    yield spec
+    for child in spec.children:
+        yield from _walk(child)
+
+
+class Tracker:
+    """Writes :class:`RunSpec` trees to MLflow, skipping trees already there."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path) -> None:
+        from mlflow.tracking import MlflowClient
+
+        # Not mlflow.set_tracking_uri: it also writes os.environ, which would leak.
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment,
+                artifact_location=artifact_root.resolve().as_uri(),
+                # The UI then opens on the runs table ("Model training"), not GenAI traces.
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
+        else:
+            self.experiment_id = found.experiment_id
+
+    def existing(self, key: str, digest: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{KEY_TAG}` = '{key}' and tags.`{HASH_TAG}` = '{digest}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def log(self, spec: RunSpec, key: str, common_tags: dict[str, str]) -> tuple[str, int]:
+        """Log ``spec`` and its children unless an identical tree exists: (run id, runs created)."""
+        digest = spec.digest()
+        found = self.existing(key, digest)
+        if found:
+            log.info("%s: unchanged (run %s), nothing logged", key, found)
+            return found, 0
+        return self._create(spec, key, digest, common_tags, None), sum(1 for _ in _walk(spec))
+
+    def _create(
+        self, spec: RunSpec, key: str, digest: str, common: dict[str, str], parent: str | None
+    ) -> str:
+        from mlflow.entities import Metric, Param
+
+        tags = {**common, **spec.tags, KEY_TAG: key, HASH_TAG: digest, "mlflow.runName": spec.name}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=spec.name)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        params = [Param(k[:250], v[:6000]) for k, v in spec.params.items()]
+        metrics = [Metric(k[:250], v, now, 0) for k, v in spec.metrics.items()]
+        for lo in range(0, max(len(params), len(metrics)), 100):
+            self.client.log_batch(
+                run_id, metrics=metrics[lo : lo + 100], params=params[lo : lo + 100]
+            )
+        for path in spec.artifacts:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            elif path.exists():
+                self.client.log_artifact(run_id, str(path))
+        for child in spec.children:
+            self._create(child, f"{key}/{child.name}", child.digest(), common, run_id)
+        self.client.set_terminated(run_id)
+        return run_id
+
+
+def track_all(
+    config: dict[str, Any], results: Path, commit: str, extra_artifacts: list[Path]
+) -> dict[str, Any]:
+    """Log every (dataset, encoder) of ``config``; return what was logged."""
+    from mmalign.config import config_hash
+
+    uri = tracking_uri(config)
+    experiment = config.get("mlflow", {}).get("experiment", "mmalign")
+    tracker = Tracker(uri, experiment, results / "mlartifacts")
+    common = {"git_commit": commit, "config_hash": config_hash(config)}
+    summary: dict[str, Any] = {
+        "tracking_uri": uri,
+        "experiment": experiment,
+        "runs": {},
+        "created": 0,
+    }
+    for dataset in sorted(config["datasets"]):
+        for encoder in sorted(config["encoders"]):
+            spec = unit_runs(results, dataset, encoder, config)
+            spec.artifacts += [p for p in extra_artifacts if p.exists()]
+            run_id, created = tracker.log(spec, f"{dataset}/{encoder}", common)
+            summary["runs"][f"{dataset}/{encoder}"] = run_id
+            summary["created"] += created
+    log.info("MLflow %s, experiment %r: %d runs created", uri, experiment, summary["created"])
+    return summary

@@ -1,0 +1,416 @@
+"""The geometry stage against independent references: POT called directly, NumPy,
+SciPy's ``sqrtm``, and closed forms (a shifted cloud, isotropic Gaussians)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import ot
+import pandas as pd
+import pytest
+import scipy.linalg
+from PIL import Image
+
+from mmalign import plots
+from mmalign.embed import Embeddings, write_embeddings
+from mmalign.geometry import (
+    GeometryConfig,
+    GeometryError,
+    Pairs,
+    cosine_stats,
+    first_caption_rows,
+    gaussian_w2,
+    gaussian_w2_from_moments,
+    geometry_job,
+    geometry_summary,
+    matched_pairs,
+    modality_gap,
+    precision_upper_bounds,
+    rank_by_cosine,
+    w2_batch_indices,
+    wasserstein2,
+    wasserstein2_batched,
+)
+
+CFG = {
+    "normalize": False,
+    "w2_batch_size": 5000,
+    "w2_batches": 5,
+    "tsne_samples": 2000,
+    "heatmap_pairs": 10,
+}
+
+
+def clouds(n: int = 40, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), rng.normal(size=(n, d)) * 1.5 + 0.7
+
+
+def direct_w2(x: np.ndarray, y: np.ndarray) -> float:
+    """The reference: POT's exact solver called as its documentation shows."""
+    cost = ot.emd2(ot.unif(len(x)), ot.unif(len(y)), ot.dist(x, y), numItermax=10**7)
+    return float(np.sqrt(cost))
+
+
+# ---------------------------------------------------------------- Wasserstein-2
+
+
+def test_w2_equals_a_direct_emd2_call() -> None:
+    x, y = clouds()
+    assert wasserstein2(x, y) == pytest.approx(direct_w2(x, y), rel=1e-12)
+    # Unequal sizes too (uniform weights 1/n and 1/m).
+    assert wasserstein2(x[:30], y) == pytest.approx(direct_w2(x[:30], y), rel=1e-12)
+
+
+def test_w2_to_itself_is_zero_and_to_a_shift_is_its_norm() -> None:
+    x, _ = clouds(n=50, d=6)
+    shift = np.array([3.0, -4.0, 0.0, 1.0, 0.0, 2.0])
+    assert wasserstein2(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert wasserstein2(x, x + shift) == pytest.approx(np.linalg.norm(shift), rel=1e-9)
+    # Batched over matched pairs: every batch is the same rigid shift.
+    batched = wasserstein2_batched(x, x + shift, batch_size=20, n_batches=3, seed=1)
+    assert batched.values == pytest.approx([np.linalg.norm(shift)] * 3, rel=1e-9)
+    assert batched.std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_w2_batches_are_seeded_disjoint_pairs_and_match_direct_calls() -> None:
+    x, y = clouds(n=90, d=4, seed=3)
+    batches = w2_batch_indices(90, batch_size=30, n_batches=3, seed=7)
+    assert [len(b) for b in batches] == [30, 30, 30]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(90))  # disjoint, all pairs
+    result = wasserstein2_batched(x, y, batch_size=30, n_batches=3, seed=7)
+    expected = [direct_w2(x[b], y[b]) for b in batches]
+    assert result.values == pytest.approx(expected, rel=1e-12)
+    assert result.mean == pytest.approx(np.mean(expected))
+    assert result.std == pytest.approx(np.std(expected))
+    # More batches than one permutation holds: a fresh permutation, same size.
+    assert [len(b) for b in w2_batch_indices(90, 40, 5, seed=7)] == [40] * 5
+
+
+def test_w2_fewer_pairs_than_a_batch_is_one_batch_of_all() -> None:
+    x, y = clouds(n=25)
+    result = wasserstein2_batched(x, y, batch_size=5000, n_batches=5, seed=0)
+    assert result.batch_size == 25
+    assert result.values == pytest.approx([direct_w2(x, y)])
+    assert result.std == 0.0
+
+
+def test_w2_does_not_depend_on_the_number_of_workers() -> None:
+    x, y = clouds(n=120, d=3, seed=5)
+    one = wasserstein2_batched(x, y, batch_size=40, n_batches=4, seed=2, workers=1)
+    two = wasserstein2_batched(x, y, batch_size=40, n_batches=4, seed=2, workers=2)
+    assert one.values == two.values  # bit for bit
+
+
+def test_w2_fails_loudly_when_the_solver_stops_early() -> None:
+    x, y = clouds(n=60)
+    with pytest.raises(GeometryError, match="did not reach the optimum"):
+        wasserstein2(x, y, num_itermax=5)
+
+
+def test_batched_w2_approaches_the_gaussian_closed_form_as_batches_grow() -> None:
+    """Empirical W2 between samples overestimates the population W2 by a bias
+    that shrinks with the sample size; here N(0, I) vs N((1, 0), diag(4, 1/4))
+    in 2-D, whose W2 is sqrt(1 + (2 - 1)^2 + (1/2 - 1)^2) = 1.5."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    x = rng.normal(size=(n, 2))
+    y = rng.normal(size=(n, 2)) * np.array([2.0, 0.5]) + np.array([1.0, 0.0])
+    exact = gaussian_w2_from_moments(
+        np.zeros(2), np.eye(2), np.array([1.0, 0.0]), np.diag([4, 0.25])
+    )
+    assert exact == pytest.approx(1.5)
+    errors = [
+        abs(wasserstein2_batched(x, y, size, n_batches=6, seed=0).mean - exact)
+        for size in (10, 100, 800)
+    ]
+    print("batch sizes 10, 100, 800: |W2 - closed form| =", errors)
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05
+    # The closed form of Gaussians fitted to the whole samples is close as well.
+    assert gaussian_w2(x, y) == pytest.approx(exact, abs=0.03)
+
+
+# ---------------------------------------------------------------- Gaussian W2
+
+
+def test_gaussian_w2_closed_forms() -> None:
+    d = 4
+    mean1, mean2 = np.zeros(d), np.array([1.0, 2.0, 0.0, -2.0])
+    # Isotropic: W2^2 = |m1 - m2|^2 + d (a - b)^2.
+    iso = gaussian_w2_from_moments(mean1, 4.0 * np.eye(d), mean2, 9.0 * np.eye(d))
+    assert iso == pytest.approx(np.sqrt(9.0 + d * (2.0 - 3.0) ** 2))
+    # General SPD covariances against SciPy's sqrtm.
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    cov1, cov2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)
+    root2 = scipy.linalg.sqrtm(cov2)
+    cross = scipy.linalg.sqrtm(root2 @ cov1 @ root2)
+    reference = np.sqrt(np.sum((mean1 - mean2) ** 2) + np.trace(cov1 + cov2 - 2 * np.real(cross)))
+    assert gaussian_w2_from_moments(mean1, cov1, mean2, cov2) == pytest.approx(reference)
+
+
+def test_gaussian_w2_of_samples_and_of_rank_deficient_clouds() -> None:
+    x, y = clouds(n=200, d=3)
+    expected = gaussian_w2_from_moments(
+        x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
+    )
+    assert gaussian_w2(x, y) == pytest.approx(expected)
+    # Fewer points than dimensions: singular covariances, tiny negative
+    # eigenvalues from rounding; the distance is still finite and 0 to itself.
+    thin, _ = clouds(n=5, d=20)
+    assert gaussian_w2(thin, thin) == pytest.approx(0.0, abs=1e-6)
+    assert np.isfinite(gaussian_w2(thin, thin + 1.0))
+    assert gaussian_w2(thin, thin + 1.0) == pytest.approx(np.sqrt(20.0), rel=1e-6)
+
+
+# ---------------------------------------------------------------- modality gap, cosine
+
+
+def test_gap_of_a_shifted_cloud_is_the_shift() -> None:
+    x, _ = clouds(n=30, d=3)
+    shift = np.array([1.0, 2.0, 2.0])
+    assert modality_gap(x, x + shift) == pytest.approx(3.0)
+
+
+def test_normalized_gap_matches_numpy() -> None:
+    x, y = clouds(n=30, d=6)
+    unit_x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit_y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    expected = np.linalg.norm(unit_x.mean(0) - unit_y.mean(0))
+    assert modality_gap(x, y, normalize=True) == pytest.approx(expected)
+    assert modality_gap(x, y) == pytest.approx(np.linalg.norm(x.mean(0) - y.mean(0)))
+
+
+def test_cosine_stats_match_numpy() -> None:
+    x, y = clouds(n=20, d=7)
+    unit_x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit_y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    full = unit_x @ unit_y.T
+    off = ~np.eye(20, dtype=bool)
+    stats = cosine_stats(x, y, seed=0)
+    assert stats["matching"]["mean"] == pytest.approx(np.diag(full).mean())
+    assert stats["matching"]["std"] == pytest.approx(np.diag(full).std())
+    assert stats["matching"]["count"] == 20
+    assert stats["non_matching"]["mean"] == pytest.approx(full[off].mean())
+    assert stats["non_matching"]["std"] == pytest.approx(full[off].std())
+    assert stats["non_matching"]["count"] == 380
+    assert stats["non_matching"]["sampled"] is False
+    assert stats["margin"] == pytest.approx(np.diag(full).mean() - full[off].mean())
+    within = (unit_x @ unit_x.T)[off]
+    assert stats["within_image"]["mean"] == pytest.approx(within.mean())
+
+
+def test_cosine_stats_sample_non_matching_pairs_when_there_are_many() -> None:
+    x, y = clouds(n=300, d=5)
+    full = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (
+        y / np.linalg.norm(y, axis=1, keepdims=True)
+    ).T
+    stats = cosine_stats(x, y, seed=0, max_pairs=20_000)
+    assert stats["non_matching"]["sampled"] is True
+    assert stats["non_matching"]["count"] == 20_000
+    off = full[~np.eye(300, dtype=bool)]
+    assert stats["non_matching"]["mean"] == pytest.approx(off.mean(), abs=4 * off.std() / 140)
+    assert cosine_stats(x, y, seed=0, max_pairs=20_000) == stats  # seeded
+
+
+def test_rank_by_cosine_ranks_descending() -> None:
+    candidates = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    order, scores = rank_by_cosine(np.array([1.0, 0.1]), candidates)
+    assert order.tolist() == [0, 2, 1, 3]
+    assert scores[3] == pytest.approx(-1 / np.sqrt(1.01))
+
+
+# ---------------------------------------------------------------- pairs, mismatch
+
+
+def test_pairs_take_each_images_first_caption() -> None:
+    texts = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b", "b", "c"],
+            "caption_idx": [1, 0, 0, 1, 0],
+            "image_row": [0, 0, 1, 1, 2],
+        }
+    )
+    assert first_caption_rows(texts).tolist() == [1, 2, 4]
+
+
+def test_a_dimension_mismatch_gives_nulls_with_a_note() -> None:
+    rng = np.random.default_rng(0)
+    pairs = Pairs(
+        rng.normal(size=(10, 1280)), rng.normal(size=(10, 384)), np.arange(10), np.arange(10)
+    )
+    summary = geometry_summary(pairs, GeometryConfig(), seed=0)
+    for key in ("modality_gap", "w2_mean", "w2_std", "w2_batches", "w2_gaussian", "cosine"):
+        assert summary[key] is None
+    assert summary["dims"] == {"image": 1280, "text": 384}
+    assert "image 1280-d vs text 384-d" in summary["notes"]["wasserstein2"]
+    assert "use an adapter (pca)" in summary["notes"]["dimensions"]
+    with pytest.raises(GeometryError, match="image 1280-d vs text 384-d"):
+        modality_gap(pairs.image, pairs.text)
+
+
+def test_upper_bounds_of_precision() -> None:
+    table = precision_upper_bounds(k_max=10, captions_per_image=5)
+    k = np.arange(1, 11)
+    assert table["image_to_text"].tolist() == pytest.approx(np.where(k <= 5, 1.0, 5 / k))
+    assert table["text_to_image"].tolist() == pytest.approx(1 / k)
+    assert precision_upper_bounds(3, 1)["image_to_text"].tolist() == pytest.approx(
+        [1, 1 / 2, 1 / 3]
+    )
+
+
+# ---------------------------------------------------------------- the rule, figures
+
+
+def tiny_study(folder: Path, dim_image: int, dim_text: int, n_images: int = 16) -> Path:
+    """An embeddings folder (two captions per image) and its manifest, with real
+    image files: PNGs (one transparent) and an SVG."""
+    rng = np.random.default_rng(0)
+    image_dir = folder / "images"
+    image_dir.mkdir(parents=True)
+    paths = []
+    for i in range(n_images):
+        if i == 3:
+            path = image_dir / f"drawing_{i}.svg"
+            path.write_text(
+                '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
+                '<rect width="40" height="20" fill="#2ca02c"/></svg>'
+            )
+        else:
+            path = image_dir / f"drawing_{i}.png"
+            mode = "RGBA" if i == 0 else "RGB"
+            Image.new(mode, (30 + i, 20), (20 * i % 255, 100, 200, 128)).save(path)
+        paths.append(str(path))
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"img{i}" for i in range(n_images) for _ in range(2)],
+            "image_path": [p for p in paths for _ in range(2)],
+            "caption": [f"drawing {i} ${c} caption" for i in range(n_images) for c in range(2)],
+            "caption_idx": [c for _ in range(n_images) for c in range(2)],
+            "split": ["train"] * (2 * n_images),
+        }
+    )
+    manifest.to_parquet(folder / "manifest.parquet", index=False)
+    images = pd.DataFrame({"image_id": [f"img{i}" for i in range(n_images)], "split": "train"})
+    texts = manifest[["image_id", "caption_idx", "split"]].assign(
+        image_row=np.repeat(np.arange(n_images), 2)
+    )
+    base = rng.normal(size=(n_images, max(dim_image, dim_text)))
+    image = base[:, :dim_image] + 0.1 * rng.normal(size=(n_images, dim_image))
+    text = (
+        np.repeat(base[:, :dim_text], 2, axis=0)
+        + 0.3
+        + 0.1 * rng.normal(size=(2 * n_images, dim_text))
+    )
+    meta = {"dim_image": dim_image, "dim_text": dim_text}
+    write_embeddings(folder / "embeddings", image, text, images, texts, meta)
+    return folder
+
+
+def run_job(folder: Path) -> dict:
+    return geometry_job(
+        folder / "embeddings",
+        folder / "manifest.parquet",
+        {**CFG, "tsne_samples": 12, "heatmap_pairs": 6},
+        seed=0,
+        threads=1,
+        out_json=folder / "out" / "geometry.json",
+        out_tsne=folder / "out" / "tsne.parquet",
+        figures_dir=folder / "out" / "figures",
+        label={"dataset": "tiny", "encoder": folder.name},
+    )
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The geometry rule run once on a same-space and on a mismatched tiny study."""
+    tmp = tmp_path_factory.mktemp("geometry")
+    folders = {
+        "same": tiny_study(tmp / "same", 8, 8),
+        "mismatch": tiny_study(tmp / "mismatch", 12, 6),
+    }
+    for folder in folders.values():
+        run_job(folder)
+    return folders
+
+
+def assert_figures(folder: Path) -> None:
+    for name in plots.FIGURE_NAMES:
+        png, pdf = folder / f"{name}.png", folder / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert pdf.read_bytes()[:5] == b"%PDF-", pdf
+        assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+
+
+def test_geometry_job_on_tiny_embeddings(studies: dict[str, Path]) -> None:
+    folder = studies["same"]
+    written = json.loads((folder / "out" / "geometry.json").read_text())
+    assert written["n_pairs"] == 16 and written["n_texts"] == 32  # first captions only
+    assert written["config"] == CFG | {"tsne_samples": 12, "heatmap_pairs": 6}
+    pairs = matched_pairs(Embeddings.load(folder / "embeddings"))
+    assert pairs.text_rows.tolist() == list(range(0, 32, 2))
+    assert written["modality_gap"] == pytest.approx(modality_gap(pairs.image, pairs.text))
+    assert written["w2_mean"] == pytest.approx(direct_w2(pairs.image, pairs.text), rel=1e-6)
+    assert len(written["w2_batches"]) == 1 and written["w2_std"] == 0.0
+    assert written["w2_gaussian"] == pytest.approx(gaussian_w2(pairs.image, pairs.text))
+    assert written["cosine"]["matching"]["mean"] > written["cosine"]["non_matching"]["mean"]
+    assert 0.5 <= written["tsne_svm_accuracy"] <= 1.0
+    points = pd.read_parquet(folder / "out" / "tsne.parquet")
+    assert len(points) == 24 and set(points["modality"]) == {"image", "text"}
+    assert_figures(folder / "out" / "figures")
+    # Same config, same numbers (W2 timing aside).
+    again = geometry_summary(pairs, GeometryConfig(**written["config"]), seed=0)
+    for key in ("modality_gap", "w2_batches", "w2_gaussian", "cosine"):
+        assert again[key] == written[key]
+
+
+def test_geometry_job_on_a_dimension_mismatch_writes_nulls_and_na_figures(
+    studies: dict[str, Path],
+) -> None:
+    folder = studies["mismatch"]
+    written = json.loads((folder / "out" / "geometry.json").read_text())
+    assert written["modality_gap"] is None and written["w2_mean"] is None
+    assert written["notes"]["modality_gap"].startswith("n/a: image 12-d vs text 6-d")
+    assert written["tsne_svm_accuracy"] is None
+    assert len(pd.read_parquet(folder / "out" / "tsne.parquet")) == 0
+    assert_figures(folder / "out" / "figures")
+
+
+def test_grid_and_upper_bound_figures(studies: dict[str, Path], tmp_path: Path) -> None:
+    same, mismatch = studies["same"], studies["mismatch"]
+    written = plots.write_tsne_grid(
+        summaries=[same / "out" / "geometry.json", mismatch / "out" / "geometry.json"],
+        points=[same / "out" / "tsne.parquet", mismatch / "out" / "tsne.parquet"],
+        panels=[["tiny", "same"], ["tiny", "mismatch"]],
+        datasets=["tiny"],
+        encoders=["same", "mismatch"],
+        out_stem=tmp_path / "figures" / "tsne_grid",
+    )
+    stem = tmp_path / "figures" / "precision_upper_bounds"
+    written += plots.save_figure(plots.precision_upper_bounds_figure(10, 5), stem)
+    assert [p.name for p in written] == [
+        "tsne_grid.png",
+        "tsne_grid.pdf",
+        "precision_upper_bounds.png",
+        "precision_upper_bounds.pdf",
+    ]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_a_manifest_that_does_not_match_the_embeddings_is_refused(tmp_path: Path) -> None:
+    folder = tiny_study(tmp_path / "same", 8, 8)
+    manifest = pd.read_parquet(folder / "manifest.parquet")
+    manifest.iloc[:-1].to_parquet(folder / "manifest.parquet", index=False)
+    with pytest.raises(GeometryError, match="do not match"):
+        run_job(folder)
+
+
+def test_the_rule_declares_every_figure_the_library_writes() -> None:
+    rules = (Path(__file__).resolve().parents[1] / "rules" / "geometry.smk").read_text()
+    declared = re.search(r"GEOMETRY_FIGURES = \[(.*)\]", rules)
+    assert declared is not None
+    assert re.findall(r'"(\w+)"', declared.group(1)) == list(plots.FIGURE_NAMES)

@@ -1,0 +1,118 @@
+"""The paper's tables and report.md, from score files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmalign.report import build_report, markdown_table, percent
+
+
+def results() -> pd.DataFrame:
+    rows = []
+    for encoder, values in (
+        ("clip", {"cosine": 0.84, "euclidean": 0.46}),
+        ("pair", {"cosine": np.nan, "euclidean": np.nan}),
+    ):
+        for metric, value in values.items():
+            for direction in ("t2i", "i2t"):
+                for k in (1, 5, 10):
+                    for protocol, n in (("subset", 1000), ("full", 4000)):
+                        rows.append(
+                            {
+                                "dataset": "imdb",
+                                "encoder": encoder,
+                                "protocol": protocol,
+                                "direction": direction,
+                                "metric": metric,
+                                "k": k,
+                                "measure": "hit",
+                                "value": value,
+                                "ci_low": value - 0.02,
+                                "ci_high": value + 0.02,
+                                "n_queries": n,
+                                "note": "n/a: image 1280-d vs text 384-d"
+                                if np.isnan(value)
+                                else "",
+                            }
+                        )
+    frame = pd.DataFrame(rows)
+    frame["k"] = frame["k"].astype("Int64")
+    return frame
+
+
+def test_percent_and_markdown() -> None:
+    assert percent(0.844, 0.82, 0.87) == "84.4 [82.0, 87.0]"
+    assert percent(np.nan) == "n/a"
+    table = pd.DataFrame({"a": ["1", "2"]}, index=pd.Index(["x", "y"], name="row"))
+    bold = pd.DataFrame({"a": [False, True]}, index=table.index)
+    assert markdown_table(table, bold) == "| row | a |\n|---|---|\n| x | 1 |\n| y | **2** |\n"
+
+
+def test_report_tables_and_markdown(tmp_path: Path) -> None:
+    figure = tmp_path / "figures" / "tsne_grid.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"png")
+    geometry = {
+        ("imdb", "clip"): {
+            "w2_mean": 60.74,
+            "w2_std": 0.5,
+            "w2_gaussian": 58.0,
+            "modality_gap": 0.82,
+        },
+        ("imdb", "pair"): {
+            "w2_mean": None,
+            "w2_std": None,
+            "w2_gaussian": None,
+            "modality_gap": None,
+        },
+    }
+    significance = pd.DataFrame(
+        {
+            "dataset": ["imdb"],
+            "protocol": ["subset"],
+            "direction": ["t2i"],
+            "metric": ["cosine"],
+            "k": [1],
+            "encoder_a": ["clip"],
+            "encoder_b": ["pair"],
+            "hit_a": [0.84],
+            "hit_b": [0.001],
+            "n_a": [1000],
+            "n_b": [1000],
+            "chi2": [100.0],
+            "p_value": [1e-20],
+            "p_holm": [1e-20],
+            "significant": [True],
+        }
+    )
+    build_report(
+        results(),
+        geometry,
+        significance,
+        tmp_path / "tables",
+        tmp_path / "report.md",
+        {"Figures": [str(figure)]},
+    )
+    tables = tmp_path / "tables"
+    for name in (
+        "table2_geometry",
+        "table3_t2i_hit",
+        "table4_i2t_hit",
+        "significance",
+        "beyond_full_vs_subset",
+    ):
+        assert (tables / f"{name}.csv").exists() and (tables / f"{name}.md").exists(), name
+    t3 = (tables / "table3_t2i_hit.md").read_text()
+    assert "**84.0 [82.0, 86.0]**" in t3  # cosine beats Euclidean for CLIP: bold
+    assert "| imdb | euclidean | 46.0 [44.0, 48.0] |" in t3
+    assert "n/a" in t3  # the mismatched pair
+    numbers = pd.read_csv(tables / "table3_t2i_hit.csv")
+    assert len(numbers) == 2
+    t2 = (tables / "table2_geometry.md").read_text()
+    assert "60.74 ± 0.50" in t2 and "| imdb | pair | n/a | n/a | n/a |" in t2
+    report = (tmp_path / "report.md").read_text()
+    assert "## Table 3: text-to-image hit@K" in report and "## Table 2" in report
+    assert "![tsne_grid](figures/tsne_grid.png)" in report

@@ -1,0 +1,246 @@
+"""MLflow tracking: idempotent logging, a real server's REST API, and the UI in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmalign.tracking import flatten, metric_key, track_all, tracking_uri
+
+CONFIG = {
+    "seed": 0,
+    "datasets": {"toy": {"kind": "folder", "root": "data"}},
+    "encoders": {"enc": {"kind": "hf_clip", "model": "m"}},
+    "retrieval": {"ks": [1, 5]},
+}
+
+
+def fake_results(root: Path) -> Path:
+    unit = root / "toy" / "enc"
+    (unit / "embeddings").mkdir(parents=True)
+    (unit / "embeddings" / "meta.json").write_text(
+        json.dumps({"images_per_s": 12.5, "dim_image": 8})
+    )
+    pd.DataFrame(
+        {
+            "dataset": "toy",
+            "encoder": "enc",
+            "protocol": "subset",
+            "direction": ["t2i", "i2t", "t2i"],
+            "metric": "cosine",
+            "k": pd.array([1, 1, pd.NA], dtype="Int64"),
+            "measure": ["hit", "hit", "mrr"],
+            "value": [0.5, np.nan, 0.6],
+            "ci_low": 0.4,
+            "ci_high": 0.6,
+            "n_queries": 10,
+            "note": "",
+        }
+    ).to_parquet(unit / "retrieval.parquet")
+    (unit / "geometry.json").write_text(
+        json.dumps({"modality_gap": 1.5, "w2_mean": 2.0, "w2_batches": [2.0]})
+    )
+    (unit / "figures").mkdir()
+    (unit / "figures" / "tsne.png").write_bytes(b"png")
+    learn = unit / "learn"
+    learn.mkdir()
+    (learn / "mlp_mse.json").write_text(
+        json.dumps({"best_params": {"layers": 2}, "epochs_run": 7, "stopped_early": True})
+    )
+    pd.DataFrame(
+        {
+            "number": [0, 1],
+            "state": ["COMPLETE", "COMPLETE"],
+            "value": [0.3, 0.2],
+            "params_n_layers": [1, 3],
+        }
+    ).to_parquet(learn / "mlp_mse.trials.parquet")
+    return root
+
+
+def runs_in(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mmalign")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_keys_and_params() -> None:
+    assert metric_key("subset", "t2i", "cosine", "hit@10") == "subset/t2i/cosine/hit_at_10"
+    assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": "1", "a.c": "[1, 2]"}
+
+
+def test_uri_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri({}) == "sqlite:///results/mlflow.db"
+    assert tracking_uri({"mlflow": {"tracking_uri": "sqlite:///x.db"}}) == "sqlite:///x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking_uri({"mlflow": {"tracking_uri": "sqlite:///x.db"}}) == "sqlite:///env.db"
+
+
+def log_fake_results(root: Path) -> tuple[str, Path]:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    results = fake_results(root / "results")
+    summary = track_all({**CONFIG, "mlflow": {"tracking_uri": uri}}, results, "abc123", [])
+    # parent + embed + retrieval + geometry + learned variant + 2 trials
+    assert summary["created"] == 7
+    return uri, results
+
+
+@pytest.fixture
+def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    uri, results = log_fake_results(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri, results
+
+
+def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
+    uri, results = logged
+    runs = runs_in(uri)
+    assert len(runs) == 7
+    by_name = {r.info.run_name: r for r in runs}
+    parent = by_name["toy / enc"]
+    assert parent.data.tags["git_commit"] == "abc123" and parent.data.tags["dataset"] == "toy"
+    assert parent.data.params["encoder.model"] == "m"
+    retrieval = by_name["retrieval"]
+    assert retrieval.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert retrieval.data.metrics == {
+        "subset/t2i/cosine/hit_at_1": 0.5,
+        "subset/t2i/cosine/mrr": 0.6,
+    }
+    assert by_name["embed"].data.metrics["images_per_s"] == 12.5
+    assert by_name["trial 1"].data.params == {"n_layers": "3"}
+    assert (
+        by_name["trial 1"].data.tags["mlflow.parentRunId"] == by_name["learn: mlp_mse"].info.run_id
+    )
+
+    assert track_all(CONFIG, results, "abc123", [])["created"] == 0  # unchanged: nothing new
+    assert len(runs_in(uri)) == 7
+
+    changed = {**CONFIG, "seed": 1}
+    assert track_all(changed, results, "abc123", [])["created"] == 7  # new runs, old kept
+    assert len(runs_in(uri)) == 14
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:  # slow when loaded
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    uri, _ = log_fake_results(tmp_path_factory.mktemp("served"))
+    port = free_port()
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a loaded 2-core machine starts it slowly
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5):
+                    break
+            except OSError:  # refused, reset or timed out: not up yet
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("mlflow server did not start within 180 s")
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_server_rest_api_lists_runs_metrics_artifacts(server: str) -> None:
+    experiment = get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=mmalign")[
+        "experiment"
+    ]
+    runs = get(
+        f"{server}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+    )["runs"]
+    assert len(runs) == 7
+    retrieval = next(r for r in runs if r["info"]["run_name"] == "retrieval")
+    assert {m["key"]: m["value"] for m in retrieval["data"]["metrics"]}[
+        "subset/t2i/cosine/hit_at_1"
+    ] == 0.5
+    listed = get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={retrieval['info']['run_id']}")
+    assert [f["path"] for f in listed["files"]] == ["retrieval.parquet"]
+    geometry = next(r for r in runs if r["info"]["run_name"] == "geometry")
+    listed = get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={geometry['info']['run_id']}")
+    assert sorted(f["path"] for f in listed["files"]) == ["figures", "geometry.json"]
+
+
+def test_ui_screenshot_in_headless_chromium(server: str, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip(
+            "Debian's chromium is not installed (apt-get install chromium); .ci/run installs it"
+        )
+    experiment = get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=mmalign")[
+        "experiment"
+    ]
+    shot = tmp_path / "experiment.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,900",
+            "--virtual-time-budget=20000",
+            f"--screenshot={shot}",
+            f"{server}/#/experiments/{experiment['experiment_id']}/runs",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10  # a rendered page, not a blank one
+    keep = Path(__file__).resolve().parents[1] / "results" / "screenshots"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, keep / "mlflow_experiment.png")
