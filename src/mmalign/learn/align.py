@@ -116,9 +116,9 @@ class AlignmentHeads(nn.Module):
     """One head per modality, each after a fixed per-feature standardisation,
     and CLIP's learnable logit scale."""
 
-    def __init__(self, splits_or_stats: dict[str, torch.Tensor], opts: AlignOptions) -> None:
+    def __init__(self, stats: dict[str, torch.Tensor], opts: AlignOptions) -> None:
+        """``stats``: ``{text,image}_{mean,std}`` from :func:`standardisation`."""
         super().__init__()
-        stats = splits_or_stats
         for name, value in stats.items():
             self.register_buffer(name, value)
         self.text_head = ProjectionHead(
@@ -298,7 +298,7 @@ def run_align_variant(
     aligned = project(model, splits.test, device)
     rows, test = fixed_metric_rows(aligned, ALIGNED_METRICS, label, ropts)
     raw_rows, raw_test = raw_reference(splits, label, ropts)
-    params = {k: v for k, v in opts.__dict__.items()}
+    params = dict(opts.__dict__)
     trial = optuna.trial.create_trial(
         params={},
         distributions={},
