@@ -64,8 +64,13 @@ def fake_results(root: Path) -> Path:
             "state": ["COMPLETE", "COMPLETE"],
             "value": [0.3, 0.2],
             "params_n_layers": [1, 3],
+            "params_n_units_l1": pd.array([pd.NA, 200], dtype="Int64"),  # unused by trial 0
+            "stopped_early_t2i": [False, True],
+            "val_losses_t2i": [[0.5, 0.4], [0.6, 0.3, 0.35]],
         }
     ).to_parquet(learn / "mlp_mse.trials.parquet")
+    (learn / "mlp_mse.optuna").mkdir()
+    (learn / "mlp_mse.optuna" / "journal.log").write_text('{"op_code": 0}\n')
     return root
 
 
@@ -121,7 +126,18 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
         "subset/t2i/cosine/mrr": 0.6,
     }
     assert by_name["embed"].data.metrics["images_per_s"] == 12.5
-    assert by_name["trial 1"].data.params == {"n_layers": "3"}
+    assert by_name["trial 0"].data.params == {"n_layers": "1"}  # no "None" for unused units
+    assert by_name["trial 1"].data.params == {"n_layers": "3", "n_units_l1": "200"}
+    assert by_name["trial 1"].data.metrics["stopped_early_t2i"] == 1.0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    curve = client.get_metric_history(by_name["trial 1"].info.run_id, "val_losses_t2i")
+    assert [(m.step, m.value) for m in curve] == [(1, 0.6), (2, 0.3), (3, 0.35)]
+    learned = by_name["learn: mlp_mse"].info.run_id
+    assert [f.path for f in client.list_artifacts(learned, "mlp_mse.optuna")] == [
+        "mlp_mse.optuna/journal.log"
+    ]
     assert (
         by_name["trial 1"].data.tags["mlflow.parentRunId"] == by_name["learn: mlp_mse"].info.run_id
     )

@@ -94,6 +94,8 @@ class RunSpec:
     name: str
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: per-step metrics (step = position + 1, e.g. the epoch): loss curves.
+    series: dict[str, list[float]] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     children: list[RunSpec] = field(default_factory=list)
@@ -101,7 +103,9 @@ class RunSpec:
     def digest(self) -> str:
         h = hashlib.sha256()
         h.update(
-            json.dumps([self.name, self.params, self.metrics], sort_keys=True, default=str).encode()
+            json.dumps(
+                [self.name, self.params, self.metrics, self.series], sort_keys=True, default=str
+            ).encode()
         )
         h.update(file_digest([p for p in self.artifacts if p.exists()]).encode())
         for child in self.children:
@@ -181,7 +185,8 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
 
 
 def learned_run(summary: Path) -> RunSpec:
-    """A learned variant: its summary, weights and study; its trials as child runs."""
+    """A learned variant: its summary, weights, trials table and Optuna journal
+    (``{variant}.optuna/``); each trial as a child run with its loss curves."""
     data = json.loads(summary.read_text())
     variant = summary.stem
     run = RunSpec(
@@ -189,29 +194,27 @@ def learned_run(summary: Path) -> RunSpec:
         params=flatten(data.get("best_params", {}), "best")
         | flatten(data.get("config", {}), "learn"),
         metrics=_numbers({k: v for k, v in data.items() if k not in ("best_params", "config")}),
-        artifacts=sorted(p for p in summary.parent.glob(f"{variant}.*") if p.is_file()),
+        artifacts=sorted(summary.parent.glob(f"{variant}.*")),
     )
     trials = summary.parent / f"{variant}.trials.parquet"
     if trials.exists():
-        for row in pd.read_parquet(trials).to_dict("records"):
-            params = {
-                k.removeprefix("params_"): str(v) for k, v in row.items() if k.startswith("params_")
-            }
-            numbers = {
-                k: float(v)
-                for k, v in row.items()
-                if not k.startswith("params_")
-                and isinstance(v, int | float)
-                and not isinstance(v, bool)
-                and math.isfinite(float(v))
-            }
-            tags = {"state": str(row.get("state", ""))}
-            run.children.append(
-                RunSpec(
-                    f"trial {row.get('number', '?')}", params=params, metrics=numbers, tags=tags
-                )
-            )
+        run.children.extend(trial_run(row) for row in pd.read_parquet(trials).to_dict("records"))
     return run
+
+
+def trial_run(row: dict[str, Any]) -> RunSpec:
+    """One row of a trials table: ``params_*`` as params, numbers and flags
+    (``stopped_early_*`` as 0/1) as metrics, per-epoch loss lists as step series."""
+    spec = RunSpec(f"trial {row.get('number', '?')}", tags={"state": str(row.get("state", ""))})
+    for key, value in row.items():
+        if key.startswith("params_"):
+            if value is not None and not pd.isna(value):
+                spec.params[key.removeprefix("params_")] = str(value)
+        elif isinstance(value, bool | int | float) and math.isfinite(float(value)):
+            spec.metrics[key] = float(value)
+        elif hasattr(value, "__len__") and not isinstance(value, str):
+            spec.series[key] = [float(v) for v in value]
+    return spec
 
 
 def _walk(spec: RunSpec) -> Iterator[RunSpec]:
@@ -270,6 +273,12 @@ class Tracker:
         now = int(time.time() * 1000)
         params = [Param(k[:250], v[:6000]) for k, v in spec.params.items()]
         metrics = [Metric(k[:250], v, now, 0) for k, v in spec.metrics.items()]
+        metrics += [
+            Metric(k[:250], v, now, step)
+            for k, values in spec.series.items()
+            for step, v in enumerate(values, start=1)
+            if math.isfinite(v)
+        ]
         for lo in range(0, max(len(params), len(metrics)), 100):
             self.client.log_batch(
                 run_id, metrics=metrics[lo : lo + 100], params=params[lo : lo + 100]

@@ -55,8 +55,8 @@ from mmalign.learn.common import (
     PairSplit,
     PairSplits,
     TrainHistory,
-    clone_state,
     direction_task,
+    fit,
     na_rows,
     ranked_rows,
     trial_seed,
@@ -191,7 +191,6 @@ def train_align(
     splits: PairSplits, opts: AlignOptions, seed: int, device: torch.device
 ) -> tuple[AlignmentHeads, TrainHistory]:
     """Train the heads on the train split; returns the best epoch's heads and the history."""
-    start = time.perf_counter()
     torch.manual_seed(seed)
     model = AlignmentHeads(standardisation(splits.train), opts).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -200,12 +199,9 @@ def train_align(
     t_val = torch.from_numpy(splits.val.text).to(device)
     v_val = torch.from_numpy(splits.val.image).to(device)
     generator = torch.Generator().manual_seed(seed)
-    stopper = EarlyStopping(opts.patience, opts.min_delta, against="best")
-    history = TrainHistory()
-    best = clone_state(model)
     n = len(t_train)
-    for epoch in range(opts.epochs):
-        model.train()
+
+    def epoch() -> tuple[float, float]:
         total = 0.0
         for idx in torch.randperm(n, generator=generator).split(opts.batch_size):
             if len(idx) < 2:  # InfoNCE needs a negative
@@ -218,24 +214,13 @@ def train_align(
             optimizer.step()
             model.clamp_()
             total += float(loss.detach()) * len(idx)
-        model.eval()
         with torch.no_grad():
+            model.eval()
             val = blockwise_info_nce(model.text(t_val), model.image(v_val), model.logit_scale)
-        history.train_losses.append(total / n)
-        history.val_losses.append(val)
-        stop = stopper.step(val)
-        if stopper.is_best:
-            best = clone_state(model)
-        log.info("align epoch %d: train %.4f, val %.4f, scale %.1f%s", epoch + 1,
-                 history.train_losses[-1], val, float(model.logit_scale.detach().exp()),
-                 " (best)" if stopper.is_best else "")  # fmt: skip
-        if stop:
-            history.stopped_early = epoch + 1 < opts.epochs
-            break
-    model.load_state_dict(best)
-    model.eval()
-    history.best_epoch = stopper.best_epoch
-    history.seconds = time.perf_counter() - start
+        return total / n, val
+
+    stopper = EarlyStopping(opts.patience, opts.min_delta, against="best")
+    history = fit(model, opts.epochs, stopper, epoch, "align")
     return model, history
 
 

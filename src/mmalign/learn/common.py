@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,40 @@ def write_safetensors(
 
 def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def fit(
+    model: torch.nn.Module,
+    max_epochs: int,
+    stopper: EarlyStopping,
+    epoch: Callable[[], tuple[float, float]],
+    label: str,
+) -> TrainHistory:
+    """Run ``epoch()`` (one pass over the training data, returning the train
+    and validation losses) until ``stopper`` says stop or ``max_epochs``; load
+    the best epoch's weights back into ``model`` and leave it in eval mode."""
+    start = time.perf_counter()
+    history = TrainHistory()
+    best = clone_state(model)
+    for number in range(1, max_epochs + 1):
+        model.train()
+        train_loss, val_loss = epoch()
+        model.eval()
+        history.train_losses.append(train_loss)
+        history.val_losses.append(val_loss)
+        stop = stopper.step(val_loss)
+        if stopper.is_best:
+            best = clone_state(model)
+        log.info("%s epoch %d: train %.5f, val %.5f%s", label, number, train_loss, val_loss,
+                 " (best)" if stopper.is_best else "")  # fmt: skip
+        if stop:
+            history.stopped_early = number < max_epochs
+            break
+    model.load_state_dict(best)
+    model.eval()
+    history.best_epoch = stopper.best_epoch
+    history.seconds = time.perf_counter() - start
+    return history
 
 
 # ---- scoring a learned ranking with the retrieval engine ----

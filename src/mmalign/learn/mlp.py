@@ -60,7 +60,6 @@ import hashlib
 import itertools
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +79,8 @@ from mmalign.learn.common import (
     PairSplit,
     PairSplits,
     TrainHistory,
-    clone_state,
     dimension_note,
+    fit,
     na_rows,
     paper_lr_factor,
     score_learned,
@@ -277,7 +276,6 @@ def train_mlp(
         raise ValueError(f"unknown loss {loss!r}; known: {LOSSES}")
     if anchor not in DIRECTIONS:
         raise ValueError(f"unknown direction {anchor!r}; known: {DIRECTIONS}")
-    start = time.perf_counter()
     torch.manual_seed(seed)
     model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(0.9, 0.999))
@@ -287,11 +285,8 @@ def train_mlp(
     val_negatives = sample_negatives(
         torch.arange(val.n), val.n, opts.negatives, torch.Generator().manual_seed(val_seed)
     )
-    stopper = EarlyStopping(opts.patience, opts.min_delta)
-    history = TrainHistory()
-    best = clone_state(model)
-    for epoch in range(opts.max_epochs):
-        model.train()
+
+    def epoch() -> tuple[float, float]:
         total = 0.0
         for anchors in torch.randperm(train.n, generator=generator).split(opts.batch_size):
             negatives = sample_negatives(anchors, train.n, opts.negatives, generator)
@@ -301,24 +296,11 @@ def train_mlp(
             optimizer.step()
             total += float(value.detach()) * len(anchors)
         schedule.step()
-        history.train_losses.append(total / train.n)
-        val_loss = validation_loss(model, val, val_negatives, anchor, loss)
-        history.val_losses.append(val_loss)
-        stop = stopper.step(val_loss)
-        if stopper.is_best:
-            best = clone_state(model)
-        log.info(
-            "%s %s %s epoch %d: train %.5f, val %.5f%s",
-            loss, anchor, "-".join(map(str, hidden)), epoch + 1,
-            history.train_losses[-1], val_loss, " (best)" if stopper.is_best else "",
-        )  # fmt: skip
-        if stop:
-            history.stopped_early = epoch + 1 < opts.max_epochs
-            break
-    model.load_state_dict(best)
-    model.eval()
-    history.best_epoch = stopper.best_epoch
-    history.seconds = time.perf_counter() - start
+        return total / train.n, validation_loss(model, val, val_negatives, anchor, loss)
+
+    stopper = EarlyStopping(opts.patience, opts.min_delta)
+    label = f"{loss} {anchor} {'-'.join(map(str, hidden))}"
+    history = fit(model, opts.max_epochs, stopper, epoch, label)
     return model, history
 
 
