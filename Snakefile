@@ -19,6 +19,7 @@ include: "rules/embed.smk"
 include: "rules/retrieval.smk"
 include: "rules/geometry.smk"
 include: "rules/learn.smk"
+include: "rules/beyond.smk"
 include: "rules/report.smk"
 
 

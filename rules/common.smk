@@ -60,6 +60,14 @@ def adapter_source(wildcards):
     return embedding_files(f"results/{wildcards.dataset}/{base}/embeddings")
 
 
+def aligned_heads(wildcards):
+    """The align variant's weights, when it is trained, so alignment.json also
+    measures the heads' shared space."""
+    if "align" not in config["learn"]["variants"]:
+        return []
+    return [f"results/{wildcards.dataset}/{wildcards.encoder}/learn/align.safetensors"]
+
+
 # Each stage's rule file adds the files `rule all` asks for.
 FINAL_TARGETS = []
 
@@ -69,6 +77,8 @@ def report_inputs(wildcards):
     return {
         "retrieval": [f"{u}/retrieval.parquet" for u in units],
         "geometry": [f"{u}/geometry.json" for u in units],
+        "alignment": [f"{u}/alignment.json" for u in units],
+        "gap_shift": [f"{u}/gap_shift.parquet" for u in units],
         "significance": "results/stats/significance.parquet",
         "figures": [
             "results/figures/tsne_grid.png",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmalign.logs import setup_logging
-from mmalign.report import build_report, load_geometry
+from mmalign.report import build_report, load_units
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])
@@ -15,12 +15,15 @@ if __name__ == "__main__":
     )
     build_report(
         results=pd.concat([pd.read_parquet(p) for p in inputs.retrieval], ignore_index=True),
-        geometry=load_geometry(inputs.geometry),
+        geometry=load_units(inputs.geometry),
         significance=pd.read_parquet(inputs.significance),
         tables_dir=Path(snakemake.output.tables),
         report_path=Path(snakemake.output.report),
         figures={
             "Figures: t-SNE grid; precision@K upper bounds": list(inputs.figures),
-            "Figures per dataset and encoder (t-SNE, cosines, retrieval examples)": unit_figures,
+            "Figures per dataset and encoder (t-SNE, cosines, retrieval examples, gap "
+            "shift)": unit_figures,
         },
+        alignment=load_units(inputs.alignment),
+        gap_shift=pd.concat([pd.read_parquet(p) for p in inputs.gap_shift], ignore_index=True),
     )

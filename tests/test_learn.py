@@ -23,6 +23,7 @@ from mmalign.learn.align import (
     AlignOptions,
     LinearOptions,
     blockwise_info_nce,
+    load_heads,
     run_align_variant,
     run_linear_variant,
     symmetric_info_nce,
@@ -35,6 +36,7 @@ from mmalign.learn.common import (
     PairSplits,
     pair_splits,
     paper_lr_factor,
+    write_safetensors,
 )
 from mmalign.learn.mlp import (
     MLPOptions,
@@ -329,6 +331,17 @@ def test_alignment_recovers_a_linear_relation_between_different_dimensions() -> 
     linear = run_linear_variant(splits, LinearOptions(dims=(4, 6, 8), ridge=(1e-3,)), ROPTS, LABEL)
     for direction in ("t2i", "i2t"):
         assert hit1(linear.rows, "align_linear", direction) >= 0.95
+
+
+def test_trained_heads_load_back_from_safetensors(tmp_path: Path) -> None:
+    splits = linear_relation((60, 20, 20), dt=6, di=9)
+    opts = AlignOptions(dim=4, hidden=8, dropout=0.1, epochs=2, batch_size=20)
+    model, _ = train_align(splits, opts, 0, CPU)
+    write_safetensors(model.state_dict(), {"variant": "align"}, tmp_path / "align.safetensors")
+    loaded = load_heads(tmp_path / "align.safetensors", opts)
+    text = torch.from_numpy(splits.test.text)
+    torch.testing.assert_close(loaded.text(text), model.text(text), rtol=0, atol=0)
+    assert not loaded.training
 
 
 def test_raw_metrics_miss_what_alignment_finds_with_equal_dimensions() -> None:

@@ -138,3 +138,37 @@ def test_report_tables_and_markdown(tmp_path: Path) -> None:
     assert "## Table 3: text-to-image hit@K" in report and "## Table 2" in report
     assert "seeded subset (1,000 pairs)" in report and "test split (400 pairs)" in report
     assert "![tsne_grid](figures/tsne_grid.png)" in report
+
+
+def test_beyond_sections_alignment_and_gap_shift(tmp_path: Path) -> None:
+    measures = {
+        name: {"value": v, "ci_low": v - 0.01, "ci_high": v + 0.01, "chance_mean": 0.01}
+        for name, v in (("cka", 0.42), ("mutual_knn", 0.2), ("cknna", 0.1))
+    }
+    alignment = {("imdb", "clip"): {"spaces": {"raw": {"n_items": 1000, **measures}}}}
+    rows = []
+    for lam, gap, hit in ((0.0, 2.0, 0.30), (1.0, 0.0, 0.60)):
+        for direction in ("t2i", "i2t"):
+            rows.append({"dataset": "imdb", "encoder": "clip", "space": "raw",
+                         "lambda": lam, "gap": gap,
+                         "direction": direction, "measure": "hit", "k": 1, "value": hit,
+                         "ci_low": hit - 0.05, "ci_high": hit + 0.05, "note": ""})  # fmt: skip
+        for measure, v in (("matching_cosine", 0.3 + lam / 2), ("non_matching_cosine", 0.1)):
+            rows.append({"dataset": "imdb", "encoder": "clip", "space": "raw",
+                         "lambda": lam, "gap": gap,
+                         "direction": "pairs", "measure": measure, "k": pd.NA, "value": v,
+                         "ci_low": np.nan, "ci_high": np.nan, "note": ""})  # fmt: skip
+    gap_shift = pd.DataFrame(rows).astype({"k": "Int64"})
+    build_report(results(), {}, pd.DataFrame(), tmp_path / "tables", tmp_path / "report.md", {},
+                 alignment=alignment, gap_shift=gap_shift)  # fmt: skip
+    table = (tmp_path / "tables" / "beyond_alignment_measures.md").read_text()
+    assert "| imdb | clip | raw | 1000 | 0.420 [0.410, 0.430] (chance 0.010) |" in table
+    shift = (tmp_path / "tables" / "beyond_gap_shift.md").read_text()
+    assert shift.startswith(
+        "| dataset | encoder | space | lambda | gap | i2t / hit@1 | pairs / matching_cosine | "
+        "pairs / non_matching_cosine | t2i / hit@1 |"
+    )
+    assert "| imdb | clip | raw | 1.0 | 0.000 | 60.0 [55.0, 65.0] | 0.800 | 0.100 | 60.0" in shift
+    report = (tmp_path / "report.md").read_text()
+    assert "t2i hit@1 30.0% at the original gap, 60.0% with the gap closed" in report
+    assert "So closing the gap raises hit@1 beyond the intervals." in report

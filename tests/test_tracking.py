@@ -51,6 +51,18 @@ def fake_results(root: Path) -> Path:
     (unit / "geometry.json").write_text(
         json.dumps({"modality_gap": 1.5, "w2_mean": 2.0, "w2_batches": [2.0]})
     )
+    (unit / "alignment.json").write_text(
+        json.dumps({"spaces": {"raw": {"n_items": 10, "cka": {"value": 0.4, "z": None}}}})
+    )
+    pd.DataFrame(
+        {
+            "dataset": "toy", "encoder": "enc", "space": "raw", "lambda": [0.0, 1.0, 1.0],
+            "gap": [2.0, 0.0, 0.0],
+            "direction": ["t2i", "t2i", "pairs"], "measure": ["hit", "hit", "matching_cosine"],
+            "k": pd.array([1, 1, pd.NA], dtype="Int64"), "value": [0.1, 0.3, 0.5],
+            "ci_low": 0.0, "ci_high": 0.5, "note": "",
+        }
+    ).to_parquet(unit / "gap_shift.parquet")  # fmt: skip
     (unit / "figures").mkdir()
     (unit / "figures" / "tsne.png").write_bytes(b"png")
     learn = unit / "learn"
@@ -99,8 +111,8 @@ def log_fake_results(root: Path) -> tuple[str, Path]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     results = fake_results(root / "results")
     summary = track_all({**CONFIG, "mlflow": {"tracking_uri": uri}}, results, "abc123", [])
-    # parent + embed + retrieval + geometry + learned variant + 2 trials
-    assert summary["created"] == 7
+    # parent + embed + retrieval + geometry + alignment + gap_shift + learned variant + 2 trials
+    assert summary["created"] == 9
     return uri, results
 
 
@@ -114,7 +126,7 @@ def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
 def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
     uri, results = logged
     runs = runs_in(uri)
-    assert len(runs) == 7
+    assert len(runs) == 9
     by_name = {r.info.run_name: r for r in runs}
     parent = by_name["toy / enc"]
     assert parent.data.tags["git_commit"] == "abc123" and parent.data.tags["dataset"] == "toy"
@@ -126,6 +138,13 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
         "subset/t2i/cosine/mrr": 0.6,
     }
     assert by_name["embed"].data.metrics["images_per_s"] == 12.5
+    alignment = by_name["alignment"].data.metrics
+    assert alignment == {"spaces/raw/n_items": 10, "spaces/raw/cka/value": 0.4}
+    assert by_name["gap_shift"].data.metrics == {
+        "raw/lambda_0/t2i/hit_at_1": 0.1, "raw/lambda_1/t2i/hit_at_1": 0.3,
+        "raw/lambda_1/pairs/matching_cosine": 0.5, "raw/lambda_0/gap": 2.0,
+        "raw/lambda_1/gap": 0.0,
+    }  # fmt: skip
     assert by_name["trial 0"].data.params == {"n_layers": "1"}  # no "None" for unused units
     assert by_name["trial 1"].data.params == {"n_layers": "3", "n_units_l1": "200"}
     assert by_name["trial 1"].data.metrics["stopped_early_t2i"] == 1.0
@@ -143,11 +162,11 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
     )
 
     assert track_all(CONFIG, results, "abc123", [])["created"] == 0  # unchanged: nothing new
-    assert len(runs_in(uri)) == 7
+    assert len(runs_in(uri)) == 9
 
     changed = {**CONFIG, "seed": 1}
-    assert track_all(changed, results, "abc123", [])["created"] == 7  # new runs, old kept
-    assert len(runs_in(uri)) == 14
+    assert track_all(changed, results, "abc123", [])["created"] == 9  # new runs, old kept
+    assert len(runs_in(uri)) == 18
 
 
 def free_port() -> int:
@@ -209,7 +228,7 @@ def test_server_rest_api_lists_runs_metrics_artifacts(server: str) -> None:
         f"{server}/api/2.0/mlflow/runs/search",
         {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
     )["runs"]
-    assert len(runs) == 7
+    assert len(runs) == 9
     retrieval = next(r for r in runs if r["info"]["run_name"] == "retrieval")
     assert {m["key"]: m["value"] for m in retrieval["data"]["metrics"]}[
         "subset/t2i/cosine/hit_at_1"

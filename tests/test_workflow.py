@@ -87,6 +87,8 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     # Small budgets: this test checks the plumbing, the unit tests check the numbers.
     config["retrieval"] = {"bootstrap": 50}
     config["geometry"] = {"tsne_samples": 10}
+    config["alignment"] = {"k": 2, "permutations": 2, "bootstrap": 5}
+    config["gap_shift"] = {"lambdas": [0.0, 1.0]}
     config["learn"] = {
         "variants": ["mlp_contrastive", "align"],
         "mlp": {"n_trials": 1, "max_epochs": 2},
@@ -152,8 +154,14 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     geometry = json.loads((results / "minilm_effnet_pca384/geometry.json").read_text())
     assert geometry["modality_gap"] > 0
     assert (results / "minilm_effnet_pca384/figures/tsne.png").stat().st_size > 0
+    alignment = json.loads((results / "minilm_effnet/alignment.json").read_text())["spaces"]
+    assert alignment["raw"]["n_items"] == 9 and alignment["raw"]["cka"]["value"] is not None
+    assert alignment["test_align"]["note"].startswith("n/a: 3 pairs")  # 3 test pairs
+    shift = pd.read_parquet(results / "minilm_effnet_pca384/gap_shift.parquet")
+    assert set(shift["space"]) == {"raw", "test_align"} and set(shift["lambda"]) == {0.0, 1.0}
     report = (tmp_path / "results/report.md").read_text()
     assert "## Table 2" in report and "## Table 3" in report
+    assert "how aligned are the two spaces" in report and "closing the modality gap" in report
     runs = json.loads((tmp_path / "results/mlflow_runs.json").read_text())
     assert runs["created"] > 0 and set(runs["runs"]) == {
         "openclipart/minilm_effnet",

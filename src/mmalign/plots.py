@@ -558,3 +558,70 @@ def write_tsne_grid(
         )
     }
     return save_figure(tsne_grid_figure(by_panel, datasets, encoders), out_stem)
+
+
+# ---------------------------------------------------------------- beyond the paper
+
+
+SPACE_NAMES = {"raw": "frozen embeddings", "test_align": "alignment heads' space (test split)"}
+
+
+def gap_shift_figure(frame: pd.DataFrame, title: str = "") -> Figure:
+    """The gap-shift sweep (:mod:`mmalign.gapshift`), one row per space: cosine
+    hit@K against the shift lambda and against the resulting gap (lambda <= 1:
+    the path from the widened to the closed gap; both directions), and the
+    mean cosine of matching and non-matching pairs against lambda."""
+    spaces = list(dict.fromkeys(frame["space"]))
+    ks = sorted(frame.loc[frame["measure"] == "hit", "k"].dropna().unique())
+    colours = mpl.colormaps["viridis"](np.linspace(0, 0.85, max(1, len(ks))))
+    with _style():
+        fig = new_figure(PAGE_WIDTH, 0.6 + 2.3 * max(1, len(spaces)))
+        grid = fig.subplots(max(1, len(spaces)), 3, squeeze=False)
+        handles: tuple[list[Any], list[str]] = ([], [])
+        for (by_lambda, by_gap, cosines), space in zip(grid, spaces, strict=False):
+            rows_of_space = frame[frame["space"] == space]
+            hits = rows_of_space[rows_of_space["measure"] == "hit"].dropna(subset=["value"])
+            by_lambda.set_title(SPACE_NAMES.get(space, space), loc="left")
+            if hits.empty:
+                note = rows_of_space["note"].dropna()
+                for ax in (by_lambda, by_gap, cosines):
+                    draw_na(ax, str(note.iloc[0]) if len(note) else "no rows")
+                continue
+            for direction, style in (("t2i", "-"), ("i2t", "--")):
+                for k, colour in zip(ks, colours, strict=True):
+                    rows = hits[(hits["direction"] == direction) & (hits["k"] == k)]
+                    rows = rows.sort_values("lambda")
+                    name = "text → image" if direction == "t2i" else "image → text"
+                    by_lambda.plot(rows["lambda"], 100 * rows["value"], style, marker="o",
+                                   ms=2.5, color=colour, label=f"{name} hit@{k}")  # fmt: skip
+                    low, high = 100 * rows["ci_low"], 100 * rows["ci_high"]
+                    by_lambda.fill_between(rows["lambda"], low, high, color=colour, alpha=0.12,
+                                           lw=0)  # fmt: skip
+                    rows = rows[rows["lambda"] <= 1].sort_values("gap")
+                    by_gap.plot(rows["gap"], 100 * rows["value"], style, marker="o", ms=2.5,
+                                color=colour)  # fmt: skip
+            for ax, xlabel in ((by_lambda, "shift λ (1 = gap closed)"),
+                               (by_gap, "gap after the shift (λ ≤ 1)")):  # fmt: skip
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel("cosine hit@K (%)")
+                ax.grid(alpha=0.3, lw=0.5)
+            by_lambda.axvline(0, color="0.5", lw=0.6)
+            pairs = rows_of_space[rows_of_space["direction"] == "pairs"].sort_values("lambda")
+            for measure, colour, name in (
+                ("matching_cosine", MATCH_COLOUR, "matching pairs"),
+                ("non_matching_cosine", "0.4", "non-matching pairs"),
+            ):
+                rows = pairs[pairs["measure"] == measure]
+                cosines.plot(rows["lambda"], rows["value"], marker="o", ms=2.5, color=colour,
+                             label=name)  # fmt: skip
+            cosines.set_xlabel("shift λ")
+            cosines.set_ylabel("mean cosine")
+            cosines.grid(alpha=0.3, lw=0.5)
+            cosines.legend(frameon=False)
+            handles = by_lambda.get_legend_handles_labels()
+        if handles[0]:
+            fig.legend(*handles, loc="outside lower center", ncols=min(4, 2 * len(ks)),
+                       frameon=False)  # fmt: skip
+        if title:
+            fig.suptitle(title)
+    return fig

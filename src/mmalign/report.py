@@ -165,6 +165,96 @@ def precision_table(
     return numbers, shown.reindex(index=numbers.index, columns=numbers.columns).fillna("n/a")
 
 
+ALIGNMENT_MEASURES = ("cka", "mutual_knn", "cknna")
+
+
+def alignment_table(
+    alignment: dict[tuple[str, str], dict[str, Any]],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each (dataset, encoder, space) x measure: the value, its interval and its
+    permutation baseline (``alignment.json``; see :mod:`mmalign.alignment`)."""
+    numbers, shown = [], []
+    for (dataset, encoder), doc in sorted(alignment.items()):
+        for space, measures in doc.get("spaces", {}).items():
+            key = {"dataset": dataset, "encoder": encoder, "space": space,
+                   "pairs": measures.get("n_items")}  # fmt: skip
+            row, cells = dict(key), dict(key)
+            for name in ALIGNMENT_MEASURES:
+                m = measures.get(name) or {}
+                value = m.get("value")
+                row[name], row[f"{name}_chance"] = value, m.get("chance_mean")
+                if value is None:
+                    cells[name] = "n/a"
+                    continue
+                interval = (f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+                            if m.get("ci_low") is not None else "")  # fmt: skip
+                cells[name] = f"{value:.3f}{interval} (chance {m['chance_mean']:.3f})"
+            numbers.append(row)
+            shown.append(cells)
+    if not numbers:
+        return pd.DataFrame(), pd.DataFrame()
+    index = ["dataset", "encoder", "space", "pairs"]
+    return pd.DataFrame(numbers).set_index(index), pd.DataFrame(shown).set_index(index)
+
+
+def gap_shift_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cosine hit@K per (dataset, encoder, space, lambda, gap) x (direction, K),
+    with the mean matching and non-matching cosines."""
+    ok = frame.dropna(subset=["value"])
+    if ok.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    ok = ok.assign(
+        column=[
+            f"hit@{k}" if m == "hit" else m for m, k in zip(ok["measure"], ok["k"], strict=True)
+        ],
+        cell=[
+            percent(v, lo, hi) if m == "hit" else f"{v:.3f}"
+            for v, lo, hi, m in zip(
+                ok["value"], ok["ci_low"], ok["ci_high"], ok["measure"], strict=True
+            )
+        ],
+    )
+    index, columns = ["dataset", "encoder", "space", "lambda", "gap"], ["direction", "column"]
+    numbers = ok.pivot_table(index=index, columns=columns, values="value")
+    shown = ok.assign(gap=[f"{g:.3f}" for g in ok["gap"]]).pivot_table(
+        index=index, columns=columns, values="cell", aggfunc="first"
+    )
+    return numbers, shown.fillna("n/a")
+
+
+def gap_shift_verdict(frame: pd.DataFrame) -> str:
+    """One line per (dataset, encoder) on the paper's conclusion 3, from the sweep."""
+    from mmalign.gapshift import verdict
+
+    lines = []
+    for (dataset, encoder, space), rows in frame.groupby(["dataset", "encoder", "space"]):
+        found = verdict(rows)
+        unit = f"{dataset} / {encoder} ({space})"
+        if not found:
+            note = rows["note"].dropna()
+            lines.append(f"- {unit}: n/a ({note.iloc[0] if len(note) else ''})")
+            continue
+        parts = []
+        for direction, v in found.items():
+            closed = v["hit_at_1_gap_closed"]
+            parts.append(
+                f"{direction} hit@1 {percent(v['hit_at_1_original'])}% at the original gap, "
+                f"{percent(closed)}% with the gap closed, best {percent(v['best_hit_at_1'])}% "
+                f"at λ = {v['best_lambda']:g} (Spearman ρ(gap, hit@1) = "
+                f"{v['spearman_gap_vs_hit']:.2f})"
+            )
+        changes = {v["change_when_closed"] for v in found.values()}
+        summary = (
+            "closing the gap raises hit@1 beyond the intervals"
+            if changes == {"higher"}
+            else "closing the gap lowers hit@1 beyond the intervals"
+            if changes == {"lower"}
+            else "closing the gap does not clearly change hit@1"
+        )
+        lines.append(f"- {unit}: " + "; ".join(parts) + f". So {summary}.")
+    return "\n".join(lines)
+
+
 def gallery(results: pd.DataFrame, protocol: str) -> str:
     """``"1,000 pairs per dataset"`` (or a range) for the rows of ``protocol``."""
     sizes = results.loc[results["protocol"] == protocol].groupby("dataset")["n_queries"].max()
@@ -181,10 +271,14 @@ def build_report(
     tables_dir: Path,
     report_path: Path,
     figures: dict[str, list[str]],
+    alignment: dict[tuple[str, str], dict[str, Any]] | None = None,
+    gap_shift: pd.DataFrame | None = None,
 ) -> None:
     """Write every table under ``tables_dir`` and ``report.md`` that embeds them.
 
-    ``figures`` maps a section title to figure paths (PNG) to embed.
+    ``figures`` maps a section title to figure paths (PNG) to embed;
+    ``alignment`` holds ``alignment.json`` by (dataset, encoder) and
+    ``gap_shift`` the sweeps' rows (beyond the paper).
     """
     tables_dir.mkdir(parents=True, exist_ok=True)
     base = report_path.parent
@@ -266,6 +360,25 @@ def build_report(
             "(every pair): how much the paper's subset flatters retrieval.",
             "beyond_full_vs_subset", numbers, numbers.map(percent))  # fmt: skip
 
+    numbers, shown = alignment_table(alignment or {})
+    if not numbers.empty:
+        add("Beyond the paper: how aligned are the two spaces?",
+            "Linear CKA, mutual k-NN overlap and CKNNA between the text and the image "
+            "embeddings of the same items (any two dimensions), with a 95% subsampling "
+            "interval and the mean over shuffled pairings (chance). raw: a seeded sample of "
+            "all pairs; test_raw / test_align: the learned stage's test split, before and "
+            "after the alignment heads.",
+            "beyond_alignment_measures", numbers, shown)  # fmt: skip
+
+    if gap_shift is not None:
+        numbers, shown = gap_shift_table(gap_shift)
+        if not numbers.empty:
+            add("Beyond the paper: closing the modality gap (conclusion 3)",
+                "Both modalities moved along the centroid difference by λ (0 = original, "
+                "1 = gap closed); cosine hit@K and the mean matching / non-matching cosine.\n\n"
+                + gap_shift_verdict(gap_shift),
+                "beyond_gap_shift", numbers, shown)  # fmt: skip
+
     for title, paths in figures.items():
         if paths:
             sections.append(f"## {title}\n")
@@ -277,8 +390,8 @@ def build_report(
         tmp.write_text("\n".join(sections))
 
 
-def load_geometry(paths: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """``results/{dataset}/{encoder}/geometry.json`` files by (dataset, encoder)."""
+def load_units(paths: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``results/{dataset}/{encoder}/*.json`` files by (dataset, encoder)."""
     out = {}
     for path in paths:
         p = Path(path)

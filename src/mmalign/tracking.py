@@ -178,6 +178,36 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
                 artifacts=[geometry] + ([figures] if figures.exists() else []),
             )
         )
+    alignment = unit / "alignment.json"
+    if alignment.exists():
+        parent.children.append(
+            RunSpec(
+                "alignment",
+                params=flatten(config.get("alignment", {}), "alignment"),
+                metrics=_numbers(json.loads(alignment.read_text())),
+                artifacts=[alignment],
+            )
+        )
+    gap_shift = unit / "gap_shift.parquet"
+    if gap_shift.exists():
+        frame = pd.read_parquet(gap_shift).dropna(subset=["value"])
+        metrics = {
+            metric_key(r["space"], f"lambda_{r['lambda']:g}", r["direction"],
+                       f"{r['measure']}@{r['k']}" if pd.notna(r["k"]) else r["measure"]):
+            float(r["value"])
+            for r in frame.to_dict("records")
+        }  # fmt: skip
+        gaps = frame.groupby(["space", "lambda"])["gap"].first()
+        metrics |= {f"{space}/lambda_{lam:g}/gap": float(g) for (space, lam), g in gaps.items()}
+        figures = sorted((unit / "figures").glob("gap_shift.*"))
+        parent.children.append(
+            RunSpec(
+                "gap_shift",
+                params=flatten(config.get("gap_shift", {}), "gap_shift"),
+                metrics=metrics,
+                artifacts=[gap_shift, *figures],
+            )
+        )
     learn = unit / "learn"
     for summary in sorted(learn.glob("*.json")) if learn.exists() else []:
         parent.children.append(learned_run(summary))

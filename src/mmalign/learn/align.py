@@ -41,6 +41,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ import optuna
 import torch
 from torch import nn
 
+from mmalign.embed import Embeddings
 from mmalign.learn.common import (
     DIRECTIONS,
     PROTOCOL,
@@ -58,6 +60,7 @@ from mmalign.learn.common import (
     direction_task,
     fit,
     na_rows,
+    pair_splits,
     ranked_rows,
     trial_seed,
 )
@@ -141,6 +144,28 @@ class AlignmentHeads(nn.Module):
     def clamp_(self) -> None:
         with torch.no_grad():
             self.logit_scale.clamp_(max=self.max_log_scale)
+
+
+def load_heads(path: str | Path, opts: AlignOptions) -> AlignmentHeads:
+    """Trained heads from the ``align`` variant's safetensors file (``opts``: the
+    ``learn.align`` config they were trained with), in eval mode on the CPU."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    stats = {k: state[k] for k in ("text_mean", "text_std", "image_mean", "image_std")}
+    model = AlignmentHeads(stats, opts)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def aligned_test_split(
+    emb: Embeddings, heads: str | Path, learn_cfg: dict[str, Any], seed: int, where: str = ""
+) -> tuple[PairSplit, PairSplit]:
+    """The learned stage's test split (the same pairs and seed as the ``learn``
+    rule), raw and in the shared space of the heads stored at ``heads``."""
+    test = pair_splits(emb, learn_cfg["max_pairs"], seed, where=where).test
+    model = load_heads(heads, AlignOptions.from_config(learn_cfg["align"]))
+    return test, project(model, test, torch.device("cpu"))
 
 
 def standardisation(train: PairSplit) -> dict[str, torch.Tensor]:

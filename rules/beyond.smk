@@ -1,0 +1,66 @@
+# Beyond the paper, per (dataset, encoder): how aligned the two spaces are
+# (mmalign.alignment), whether closing the modality gap helps retrieval
+# (mmalign.gapshift), and why the paper's MLP fails (mmalign.learn.ablation).
+
+
+rule alignment:
+    input:
+        embeddings=embedding_files("results/{dataset}/{encoder}/embeddings"),
+        heads=aligned_heads,
+    output:
+        "results/{dataset}/{encoder}/alignment.json",
+    log:
+        "results/logs/alignment/{dataset}/{encoder}.log",
+    benchmark:
+        "results/benchmarks/alignment/{dataset}/{encoder}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        alignment=config["alignment"],
+        learn=config["learn"],
+        seed=config["seed"],
+    script:
+        "../scripts/alignment.py"
+
+
+rule gap_shift:
+    input:
+        embeddings=embedding_files("results/{dataset}/{encoder}/embeddings"),
+        heads=aligned_heads,
+    output:
+        rows="results/{dataset}/{encoder}/gap_shift.parquet",
+        figures=expand(
+            "results/{{dataset}}/{{encoder}}/figures/gap_shift.{ext}",
+            ext=["png", "pdf"],
+        ),
+    log:
+        "results/logs/gap_shift/{dataset}/{encoder}.log",
+    benchmark:
+        "results/benchmarks/gap_shift/{dataset}/{encoder}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        gap_shift=config["gap_shift"],
+        retrieval=config["retrieval"],
+        learn=config["learn"],
+        seed=config["seed"],
+    script:
+        "../scripts/gap_shift.py"
+
+
+FINAL_TARGETS.extend(
+    expand(
+        "results/{dataset}/{encoder}/{name}",
+        dataset=DATASETS,
+        encoder=ENCODERS,
+        name=["alignment.json", "gap_shift.parquet"],
+    )
+)

@@ -1,0 +1,20 @@
+"""Rule `alignment`: CKA, mutual k-NN and CKNNA of one (dataset, encoder)."""
+
+from pathlib import Path
+
+from mmalign.alignment import alignment_job
+
+from mmalign.logs import setup_logging
+
+if __name__ == "__main__":
+    setup_logging(snakemake.log[0])
+    alignment_job(
+        embeddings_dir=Path(snakemake.input.embeddings[0]).parent,
+        heads=snakemake.input.heads[0] if snakemake.input.heads else None,
+        cfg=snakemake.params.alignment,
+        learn_cfg=snakemake.params.learn,
+        seed=snakemake.params.seed,
+        threads=snakemake.threads,
+        out_json=snakemake.output[0],
+        label={"dataset": snakemake.wildcards.dataset, "encoder": snakemake.wildcards.encoder},
+    )

@@ -1,0 +1,231 @@
+"""Gap-shift sweep (beyond the paper; Liang et al. 2022, "Mind the Gap", Section 4.2).
+
+Does closing the modality gap improve retrieval? The paper's conclusion 3
+says a smaller gap does not mean better retrieval, but it compares different
+encoders, whose gaps and retrieval differ for many reasons at once. This
+experiment changes the gap and nothing else: with the centroid difference
+
+    delta = mean_i y_i - mean_i x_i        (y: images, x: texts, first-caption pairs)
+
+every text moves by ``+ lambda / 2 * delta`` and every image by
+``- lambda / 2 * delta``. ``lambda = 0`` is the original space, ``lambda = 1``
+puts both centroids at their midpoint (gap 0), ``lambda = 2`` swaps them and
+negative values widen the gap. The gap after the shift is exactly
+``|1 - lambda|`` times the original; distances *within* a modality are
+unchanged, so only the cross-modal geometry moves. At each lambda, cosine
+retrieval is re-scored with the retrieval engine (same protocol, same
+subset, same bootstrap as ``retrieval.parquet``), together with the mean
+cosine of matching and of non-matching pairs.
+
+The shift acts on the raw embeddings (the space the paper measures its gap
+in) by default; ``normalize: true`` L2-normalises the rows first, Liang's
+setting (their gap of unit vectors). Cosine retrieval is invariant to row
+scaling, so ``lambda = 0`` gives the same ranks either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmalign.embed import Embeddings
+from mmalign.geometry import cosine_stats, l2_normalize, short_dimension_note
+from mmalign.io import write_parquet
+from mmalign.retrieval import (
+    RetrievalOptions,
+    Task,
+    bootstrap,
+    build_protocol,
+    measures_per_query,
+    score_task,
+)
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "dataset",
+    "encoder",
+    "space",
+    "lambda",
+    "gap",
+    "direction",
+    "measure",
+    "k",
+    "value",
+    "ci_low",
+    "ci_high",
+    "note",
+]
+
+
+@dataclass(frozen=True)
+class GapShiftOptions:
+    """The ``gap_shift`` config (see the schema)."""
+
+    lambdas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    protocol: str = "subset"
+    normalize: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> GapShiftOptions:
+        return cls(
+            lambdas=tuple(float(v) for v in cfg["lambdas"]),
+            protocol=cfg["protocol"],
+            normalize=cfg["normalize"],
+        )
+
+
+def centroid_delta(text: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``mean(image) - mean(text)`` in float64."""
+    return np.mean(image, axis=0, dtype=np.float64) - np.mean(text, axis=0, dtype=np.float64)
+
+
+def shift(
+    text: np.ndarray, image: np.ndarray, delta: np.ndarray, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both modalities moved towards each other by ``lam`` (see the module docstring)."""
+    if lam == 0:
+        return text, image
+    step = (0.5 * lam * delta).astype(np.float32)
+    return (text + step).astype(np.float32), (image - step).astype(np.float32)
+
+
+def sweep_pairs(
+    text: np.ndarray,
+    image: np.ndarray,
+    lambdas: tuple[float, ...],
+    ropts: RetrievalOptions,
+    base: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The sweep on matched pairs ``text[i]`` <-> ``image[i]`` (equal dimensions):
+    per lambda, cosine hit@K in both directions with its bootstrap interval, and
+    the mean matching / non-matching cosine (direction ``pairs``)."""
+    delta = centroid_delta(text, image)
+    rows: list[dict[str, Any]] = []
+    for lam in lambdas:
+        t, i = shift(text, image, delta, lam)
+        row = {**base, "lambda": lam, "gap": float(np.linalg.norm(centroid_delta(t, i)))}
+        for direction, task in (("t2i", Task.one_to_one(t, i)), ("i2t", Task.one_to_one(i, t))):
+            ranks = score_task(task, "cosine", None, ropts)
+            per_query = measures_per_query(ranks, task.rel_ptr, list(ropts.ks))
+            hits = {f"hit@{k}": per_query[f"hit@{k}"] for k in ropts.ks}
+            for name, (value, low, high) in bootstrap(hits, ropts.bootstrap, ropts.seed).items():
+                rows.append({**row, "direction": direction, "measure": "hit",
+                             "k": int(name.partition("@")[2]), "value": value,
+                             "ci_low": low, "ci_high": high})  # fmt: skip
+        cos = cosine_stats(i, t, ropts.seed)
+        for measure in ("matching", "non_matching"):
+            rows.append({**row, "direction": "pairs", "measure": f"{measure}_cosine",
+                         "k": pd.NA, "value": cos[measure]["mean"],
+                         "ci_low": math.nan, "ci_high": math.nan})  # fmt: skip
+        hit = next(r["value"] for r in rows if r["lambda"] == lam and r["direction"] == "t2i")
+        log.info("%s lambda %+.2f: gap %.4f, t2i hit@1 %.4f", base["space"], lam, row["gap"], hit)
+    return rows
+
+
+def sweep(
+    emb: Embeddings,
+    opts: GapShiftOptions,
+    ropts: RetrievalOptions,
+    label: dict[str, str],
+    aligned: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Rows of :data:`COLUMNS`. Space ``raw``: the protocol's pairs of the
+    embeddings (n/a rows with a note when the dimensions differ); space
+    ``test_align``: ``aligned`` = (texts, images) of the test split in the
+    alignment heads' shared space, when given."""
+    rows: list[dict[str, Any]] = []
+    dim_image, dim_text = emb.image.shape[1], emb.text.shape[1]
+    if dim_image != dim_text:
+        note = short_dimension_note(dim_image, dim_text)
+        rows += [{**label, "space": "raw", "lambda": lam, "gap": math.nan, "direction": "t2i",
+                  "measure": "hit", "k": k, "value": math.nan, "ci_low": math.nan,
+                  "ci_high": math.nan, "note": note}
+                 for lam in opts.lambdas for k in ropts.ks]  # fmt: skip
+    else:
+        protocol = build_protocol(emb, opts.protocol, ropts)
+        text = np.asarray(emb.text[protocol.text_rows], np.float32)
+        image = np.asarray(emb.image[protocol.image_rows], np.float32)
+        if opts.normalize:
+            text, image = l2_normalize(text), l2_normalize(image)
+        rows += sweep_pairs(text, image, opts.lambdas, ropts, {**label, "space": "raw", "note": ""})
+    if aligned is not None:
+        text, image = (np.asarray(a, np.float32) for a in aligned)
+        if opts.normalize:
+            text, image = l2_normalize(text), l2_normalize(image)
+        base = {**label, "space": "test_align", "note": ""}
+        rows += sweep_pairs(text, image, opts.lambdas, ropts, base)
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"k": "Int64"})
+
+
+def verdict(frame: pd.DataFrame, k: int = 1) -> dict[str, Any]:
+    """What the sweep of one space says about the paper's conclusion 3, per direction: hit@k
+    at the original gap and with the gap closed (lambda 1), whether closing it
+    changed hit@k beyond the bootstrap intervals (``higher`` / ``lower`` when
+    the two 95% intervals do not overlap, else ``no clear change``), the best
+    lambda, and the Spearman correlation between gap and hit@k over the grid."""
+    out: dict[str, Any] = {}
+    hits = frame[(frame["measure"] == "hit") & (frame["k"] == k)].dropna(subset=["value"])
+    if frame["space"].nunique() > 1:
+        raise ValueError("verdict: pass the rows of one space")
+    for direction, rows in hits.groupby("direction"):
+        by_lambda = rows.set_index("lambda")
+        if 0.0 not in by_lambda.index:
+            continue
+        original = by_lambda.loc[0.0]
+        closed = by_lambda.loc[1.0] if 1.0 in by_lambda.index else None
+        change = None
+        if closed is not None:
+            change = "no clear change"
+            if closed["ci_low"] > original["ci_high"]:
+                change = "higher"
+            elif closed["ci_high"] < original["ci_low"]:
+                change = "lower"
+        best = rows.loc[rows["value"].idxmax()]
+        varies = rows["value"].nunique() > 1 and rows["gap"].nunique() > 1
+        out[direction] = {
+            f"hit_at_{k}_original": float(original["value"]),
+            f"hit_at_{k}_gap_closed": None if closed is None else float(closed["value"]),
+            "change_when_closed": change,
+            "best_lambda": float(best["lambda"]),
+            f"best_hit_at_{k}": float(best["value"]),
+            "spearman_gap_vs_hit": float(rows["gap"].corr(rows["value"], method="spearman"))
+            if varies
+            else 0.0,
+        }
+    return out
+
+
+def gap_shift_job(
+    embeddings_dir: str | Path,
+    heads: str | Path | None,
+    cfg: dict[str, Any],
+    retrieval_cfg: dict[str, Any],
+    learn_cfg: dict[str, Any],
+    seed: int,
+    threads: int,
+    out_rows: str | Path,
+    label: dict[str, str],
+) -> pd.DataFrame:
+    """The ``gap_shift`` rule: the sweep of the raw space and, when ``heads``
+    (the ``align`` variant's weights) is given, of the heads' shared space."""
+    import torch
+
+    from mmalign.learn.align import aligned_test_split
+
+    torch.set_num_threads(max(1, threads))
+    emb = Embeddings.load(embeddings_dir)
+    aligned = None
+    if heads:
+        _, test = aligned_test_split(emb, heads, learn_cfg, seed, where=str(embeddings_dir))
+        aligned = (test.text, test.image)
+    ropts = RetrievalOptions.from_config(retrieval_cfg, seed)
+    frame = sweep(emb, GapShiftOptions.from_config(cfg), ropts, label, aligned)
+    write_parquet(frame, out_rows)
+    return frame
