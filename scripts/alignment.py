@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from mmalign.alignment import alignment_job
-
 from mmalign.logs import setup_logging
 
 if __name__ == "__main__":
