@@ -36,6 +36,7 @@ from mmalign.learn.common import (
     PairSplits,
     pair_splits,
     paper_lr_factor,
+    result_frame,
     write_safetensors,
 )
 from mmalign.learn.mlp import (
@@ -308,11 +309,20 @@ def test_a_trial_left_running_is_failed_and_replaced(tmp_path: Path) -> None:
     )
     name = first.summary["study"]
     open_study(folder / "journal.log", name, 0).ask()  # a trial whose process was killed
+    (folder / "journal.log.lock").symlink_to("journal.log")  # ... while holding the lock
     out = run_mlp_variant(
         "mlp_contrastive", splits, tiny_opts(n_trials=2), ROPTS, 0, CPU, LABEL, folder
     )
     assert out.trials["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE"]
     assert out.summary["trials_run_now"] == 1
+    # The killed trial leaves a gap in the numbers, not in the proposals or the seeds.
+    straight = run_mlp_variant(
+        "mlp_contrastive", splits, tiny_opts(n_trials=2), ROPTS, 0, CPU, LABEL, tmp_path / "s"
+    )
+    cols = ["value", "params_n_layers", "params_n_units_l0"]
+    complete = out.trials[out.trials["state"] == "COMPLETE"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(complete[cols], straight.trials[cols])
+    pd.testing.assert_frame_equal(result_frame(out.rows), result_frame(straight.rows))
     assert set(out.summary["directions"]) == {"t2i", "i2t"}  # one MLP per direction
 
 

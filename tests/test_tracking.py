@@ -279,3 +279,45 @@ def test_ui_screenshot_in_headless_chromium(server: str, tmp_path: Path) -> None
     keep = Path(__file__).resolve().parents[1] / "results" / "screenshots"
     keep.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, keep / "mlflow_experiment.png")
+
+
+def test_a_locked_database_is_a_clear_error_and_loses_nothing(
+    logged: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from mmalign.tracking import TrackingError
+
+    uri, results = logged
+    changed = {**CONFIG, "seed": 2}
+    holder = sqlite3.connect(uri.removeprefix("sqlite:///"))
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, e.g. a second workflow
+    try:
+        with pytest.raises(TrackingError, match="locked by another process"):
+            track_all(changed, results, "abc123", [])
+    finally:
+        holder.rollback()
+        holder.close()
+    assert track_all(changed, results, "abc123", [])["created"] == 9  # logged in full now
+    assert track_all(changed, results, "abc123", [])["created"] == 0
+
+
+def test_an_interrupted_tree_is_failed_and_logged_again(
+    logged: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, results = logged
+    changed = {**CONFIG, "seed": 3}
+    real = MlflowClient.log_artifact
+
+    def broken(self, run_id, local_path, artifact_path=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", broken)
+    with pytest.raises(OSError, match="disk full"):
+        track_all(changed, results, "abc123", [])
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
+    failed = [r for r in runs_in(uri) if r.info.status == "FAILED"]
+    assert [r.info.run_name for r in failed] == ["toy / enc"]
+    assert track_all(changed, results, "abc123", [])["created"] == 9

@@ -75,28 +75,34 @@ def test_bad_config_stops_with_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.workflow
-def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
-    """The default config's real encoders, on a tiny library, in 2 shards;
-    a shard already on disk is not recomputed (resume)."""
-    root = make_openclipart(tmp_path / "openclipart")
+def tiny_study(folder: Path, seed: int = 0, n_trials: int = 1) -> list[str]:
+    """The default config on a tiny library in ``folder``, with small budgets (the
+    unit tests check the numbers); returns the snakemake arguments to run it."""
+    root = make_openclipart(folder / "openclipart")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["seed"] = seed
     config["datasets"]["openclipart"].update(
         root=str(root), max_pixels=5000, splits={"train": 1, "val": 1, "test": 1}
     )
     config["encoders"]["minilm_effnet_pca384"]["adapter"]["dim"] = 2  # 3 train drawings only
-    # Small budgets: this test checks the plumbing, the unit tests check the numbers.
     config["retrieval"] = {"bootstrap": 50}
     config["geometry"] = {"tsne_samples": 10}
     config["alignment"] = {"k": 2, "permutations": 2, "bootstrap": 5}
     config["gap_shift"] = {"lambdas": [0.0, 1.0]}
     config["learn"] = {
         "variants": ["mlp_contrastive", "align"],
-        "mlp": {"n_trials": 1, "max_epochs": 2},
+        "mlp": {"n_trials": n_trials, "max_epochs": 2},
         "align": {"epochs": 5},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    common = ["--cores", "2", "--resources", "gpu=1", "--set-scatter", "embed=2"]
-    common += ["--directory", str(tmp_path)]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return ["--cores", "2", "--resources", "gpu=1", "--set-scatter", "embed=2",
+            "--directory", str(folder)]  # fmt: skip
+
+
+def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
+    """The default config's real encoders, on a tiny library, in 2 shards;
+    a shard already on disk is not recomputed (resume)."""
+    common = tiny_study(tmp_path)
 
     first = snakemake(*common, "results/openclipart/minilm_effnet/shards/1-of-2.npz", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -16,16 +16,28 @@ from typing import Any
 
 import pandas as pd
 
+
+class OutputError(OSError):
+    """An output that cannot be written; the message names it and why."""
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+    A folder that cannot be written is an :class:`OutputError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(
+            f"cannot write {path}: {err.strerror or err} (is {path.parent} a writable folder? "
+            "results/ must be writable, or a link to a writable folder)"
+        ) from err
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
     try:

@@ -15,6 +15,7 @@ never meet ("database is locked").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -253,15 +254,38 @@ def _walk(spec: RunSpec) -> Iterator[RunSpec]:
         yield from _walk(child)
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be written; the message says which and what to do."""
+
+
+def locked(err: BaseException, uri: str) -> TrackingError | None:
+    """A :class:`TrackingError` for SQLite's "database is locked", else ``None``."""
+    if "database is locked" not in str(err):
+        return None
+    return TrackingError(
+        f"{uri}: the MLflow database is locked by another process (an `mlflow ui` or another "
+        "workflow writing it?). Nothing computed is lost; when it is free, log again with "
+        "`snakemake --forcerun track` (runs already logged are not duplicated)."
+    )
+
+
 class Tracker:
-    """Writes :class:`RunSpec` trees to MLflow, skipping trees already there."""
+    """Writes :class:`RunSpec` trees to MLflow, skipping trees already there.
+
+    A tree counts as logged only once complete: its root gets the content hash
+    last, so a tree interrupted mid-way (a killed job, a locked database) is
+    marked FAILED and logged again in full next time."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: Path) -> None:
         from mlflow.tracking import MlflowClient
 
+        self.uri = uri
         # Not mlflow.set_tracking_uri: it also writes os.environ, which would leak.
         self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(experiment)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+        except Exception as err:
+            raise (locked(err, uri) or err) from err
         if found is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
@@ -284,22 +308,40 @@ class Tracker:
     def log(self, spec: RunSpec, key: str, common_tags: dict[str, str]) -> tuple[str, int]:
         """Log ``spec`` and its children unless an identical tree exists: (run id, runs created)."""
         digest = spec.digest()
-        found = self.existing(key, digest)
-        if found:
-            log.info("%s: unchanged (run %s), nothing logged", key, found)
-            return found, 0
-        return self._create(spec, key, digest, common_tags, None), sum(1 for _ in _walk(spec))
+        root: list[str] = []
+        try:
+            found = self.existing(key, digest)
+            if found:
+                log.info("%s: unchanged (run %s), nothing logged", key, found)
+                return found, 0
+            run_id = self._create(spec, key, digest, common_tags, None, root)
+            self.client.set_tag(run_id, HASH_TAG, digest)  # complete: only now it counts
+        except Exception as err:
+            if root:
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(root[0], "FAILED")
+            raise (locked(err, self.uri) or err) from err
+        return run_id, sum(1 for _ in _walk(spec))
 
     def _create(
-        self, spec: RunSpec, key: str, digest: str, common: dict[str, str], parent: str | None
+        self,
+        spec: RunSpec,
+        key: str,
+        digest: str,
+        common: dict[str, str],
+        parent: str | None,
+        root: list[str],
     ) -> str:
         from mlflow.entities import Metric, Param
 
-        tags = {**common, **spec.tags, KEY_TAG: key, HASH_TAG: digest, "mlflow.runName": spec.name}
+        tags = {**common, **spec.tags, KEY_TAG: key, "mlflow.runName": spec.name}
         if parent:
             tags["mlflow.parentRunId"] = parent
+            tags[HASH_TAG] = digest
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=spec.name)
         run_id = run.info.run_id
+        if not parent:
+            root.append(run_id)
         now = int(time.time() * 1000)
         params = [Param(k[:250], v[:6000]) for k, v in spec.params.items()]
         metrics = [Metric(k[:250], v, now, 0) for k, v in spec.metrics.items()]
@@ -319,7 +361,7 @@ class Tracker:
             elif path.exists():
                 self.client.log_artifact(run_id, str(path))
         for child in spec.children:
-            self._create(child, f"{key}/{child.name}", child.digest(), common, run_id)
+            self._create(child, f"{key}/{child.name}", child.digest(), common, run_id, root)
         self.client.set_terminated(run_id)
         return run_id
 

@@ -50,8 +50,9 @@ same, without the float32 ties of a saturated ``tanh``.
 The Optuna study lives on disk (a journal file) so an interrupted search
 resumes: completed trials are kept, stale running ones are marked failed, and
 the study continues until ``n_trials`` trials are complete. Each trial's
-sampler is a TPE sampler seeded from (seed, trial number), so a resumed study
-proposes exactly what an uninterrupted one would have.
+sampler is a TPE sampler seeded from (seed, slot), the slot being the number
+of trials complete when it starts (its training seeds too), so a resumed study
+proposes and trains exactly what an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -352,8 +353,17 @@ def hidden_of(params: dict[str, Any]) -> list[int]:
 
 def open_study(journal: str | Path, name: str, seed: int) -> optuna.Study:
     """The study ``name`` in the journal file ``journal``, created if absent.
-    Trials left RUNNING by a killed process are marked FAIL (one job owns a study)."""
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)
+
+    One job owns a study, so what a killed process left is cleared: its lock
+    file (else the next writer waits for it; Optuna's stale-lock check also
+    fails on a relative path and spins, hence the absolute one) and its
+    trials left RUNNING, marked FAIL."""
+    journal = Path(journal).resolve()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    lock = journal.with_name(journal.name + ".lock")
+    if lock.is_symlink() or lock.exists():
+        log.warning("%s: removing the lock a killed run left", lock)
+        lock.unlink()
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))
     )
@@ -380,12 +390,15 @@ def run_study(
 ) -> int:
     """Run trials until ``n_trials`` are complete; returns how many ran now.
 
-    Each trial gets a TPE sampler seeded from (seed, trial number), so the
-    proposals do not depend on whether the study was interrupted.
+    Each trial gets a TPE sampler seeded from (seed, slot), the slot being the
+    number of trials complete when it starts, so neither the proposals nor the
+    training seeds depend on whether (or where) the study was interrupted: a
+    trial killed mid-way is marked failed and its slot is proposed again.
     """
     ran = 0
     while len(complete_trials(study)) < n_trials:
-        study.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, len(study.trials)))
+        slot = len(complete_trials(study))  # not the trial number: a killed trial leaves a gap
+        study.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, slot))
         study.optimize(objective, n_trials=1)
         ran += 1
     if ran == 0:
@@ -566,8 +579,10 @@ def run_mlp_variant(
         study = open_study(study_dir / "journal.log", study_name, seed)
 
         def objective(trial: optuna.Trial) -> float:
+            slot = len(complete_trials(trial.study))  # what run_study seeded the sampler with
+            trial.set_user_attr("slot", slot)
             hidden = suggest_hidden(trial, opts.layers, opts.neurons)
-            models, histories = train_all(hidden, trial.number)
+            models, histories = train_all(hidden, slot)
             for d, h in histories.items():
                 for key, value in history_attrs(d, h).items():
                     trial.set_user_attr(key, value)
@@ -594,7 +609,7 @@ def run_mlp_variant(
                 models = _unpack(load_file(str(cache)), splits, hidden, device)
         if not models:  # the best trial's weights were lost: retrain it (same seeds)
             log.info("%s: retraining trial %d from its seeds", variant, best_number)
-            models, _ = train_all(hidden, best_number)
+            models, _ = train_all(hidden, int(best.user_attrs.get("slot", best_number)))
     best_trial = next(t for t in trials if t.number == best_number)
     summary["best_trial"] = best_number
     summary["best_value"] = best_trial.value

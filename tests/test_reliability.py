@@ -1,0 +1,189 @@
+"""Kill and resume, determinism: the tiny default study killed with SIGKILL in the
+middle of embedding and in the middle of an Optuna study, then resumed, ends with
+the score files of an uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .test_workflow import ROOT, snakemake, tiny_study, tool
+
+UNIT = "results/openclipart/minilm_effnet"
+# What the seed decides, in files whose every byte is a score (no timings).
+SCORE_FILES = [
+    f"{UNIT}/retrieval.parquet",
+    f"{UNIT}/alignment.json",
+    f"{UNIT}/learn/mlp_contrastive.parquet",
+    f"{UNIT}/learn/align.parquet",
+    "results/openclipart/minilm_effnet_pca384/gap_shift.parquet",
+    "results/openclipart/minilm_effnet_pca384/retrieval.parquet",
+]
+
+
+def kill_when(
+    args: list[str], cwd: Path, ready: Callable[[str], bool], timeout: float = 500
+) -> str:
+    """Start snakemake in its own process group and SIGKILL the whole group once
+    ``ready(what it printed so far)`` is true (the jobs it started die with it,
+    as on a node failure).
+    The killed run leaves its lock; `snakemake --unlock` lifts it, as a user would.
+    Returns what the killed run printed."""
+    cmd = [tool("snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args]
+    log = cwd / f"killed_{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready(log.read_text()):
+            if proc.poll() is not None:
+                raise AssertionError(
+                    "the workflow ended before the kill point:\n" + log.read_text()
+                )
+            assert time.monotonic() < deadline, "the kill point was never reached"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    unlock = snakemake(*args, "--unlock", cwd=cwd)
+    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+    return log.read_text()
+
+
+def shards_started(log: str) -> list[str]:
+    """The embedding shards a run started (Snakemake prints each job's output)."""
+    return sorted(re.findall(r"output: \S*/shards/(\d+-of-\d+)\.npz", log))
+
+
+def outputs_are_whole(results: Path) -> None:
+    """Every file at an output's name is complete; only dot-prefixed temporaries
+    (atomic writes: temp file + rename) may be left by a kill."""
+    for path in results.rglob("*"):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix == ".parquet":
+            pd.read_parquet(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix in (".npy", ".npz"):
+            np.load(path)
+
+
+def completed_trials(journal: Path) -> int:
+    """Optuna journal lines that set a trial's state to COMPLETE (op 6, state 1)."""
+    if not journal.exists():
+        return 0
+    lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    return sum(1 for e in lines if e.get("op_code") == 6 and e.get("state") == 1)
+
+
+def assert_same_scores(a: Path, b: Path) -> None:
+    for name in SCORE_FILES:
+        if name.endswith(".parquet"):
+            pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name))
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir(), killed.mkdir()
+    args = tiny_study(straight, n_trials=3)
+    assert snakemake(*args, cwd=straight).returncode == 0
+
+    args = tiny_study(killed, n_trials=3)
+    shards = killed / UNIT / "shards"
+    # 1. In the middle of embedding: one shard finished (as Snakemake sees it), one not.
+    first = kill_when(args, killed, lambda log: "(Rule: embed_shard)" in log)
+    outputs_are_whole(killed / "results")
+    finished = sorted(p.name.removesuffix(".npz") for p in shards.glob("*-of-2.npz"))
+    assert len(finished) == 1 and finished[0] in shards_started(first), finished
+
+    # 2. In the middle of an Optuna study: one of three trials complete.
+    journal = killed / UNIT / "learn/mlp_contrastive.optuna/journal.log"
+    second = kill_when(args, killed, lambda _: completed_trials(journal) >= 1)
+    outputs_are_whole(killed / "results")
+    redone = set(shards_started(second))
+    assert redone and not redone & set(finished), "a finished shard was redone"
+    done_before = completed_trials(journal)
+    assert 1 <= done_before < 3
+
+    resumed = snakemake(*args, cwd=killed)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert shards_started(resumed.stdout + resumed.stderr) == []
+    summary = json.loads((killed / UNIT / "learn/mlp_contrastive.json").read_text())
+    assert summary["trials_run_now"] == 3 - done_before, "a finished trial was redone"
+    outputs_are_whole(killed / "results")
+    # Determinism across processes, and resumption that changes nothing.
+    assert_same_scores(straight, killed)
+
+
+def test_an_unwritable_results_folder_is_named(tmp_path: Path) -> None:
+    from mmalign.io import OutputError, write_json
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(OutputError, match=r"cannot write .*results/unit/x\.json.*writable folder"):
+        write_json({}, blocker / "unit" / "x.json")
+    with pytest.raises(OutputError, match=r"cannot write /proc/mmalign\.json"):
+        write_json({}, "/proc/mmalign.json")  # read-only even for root
+
+
+def test_loading_is_safe() -> None:
+    """No remote code, no pickle-capable loads, YAML without tags, a local-only UI."""
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    source += "\n".join(p.read_text() for p in (ROOT / "scripts").glob("*.py"))
+    assert "trust_remote_code=True" not in source
+    assert re.findall(r"yaml\.load\(", source) == [] and "yaml.safe_load(" in source
+    assert "pickle" not in source and "allow_pickle=True" not in source
+    loads = re.findall(r"torch\.load\(([^)]*)\)", source)
+    assert loads and all("weights_only=True" in args for args in loads)
+    readme = (ROOT / "README.md").read_text()
+    uis = re.findall(r"^mlflow (?:ui|server) .*$", readme, flags=re.MULTILINE)
+    assert uis and all("--host 127.0.0.1" in line for line in uis)
+
+
+def test_a_different_seed_changes_the_random_choices_and_nothing_else(tmp_path: Path) -> None:
+    from mmalign.datasets.base import MANIFEST_COLUMNS
+    from mmalign.retrieval import RetrievalOptions, build_protocol
+
+    from .test_manifest import build, records
+    from .test_retrieval import embeddings
+
+    recs = records(tmp_path, n=30, captions=2)
+    (a, _), (b, _) = build(recs, seed=0), build(recs, seed=1)
+    same = [c for c in MANIFEST_COLUMNS if c != "split"]
+    pd.testing.assert_frame_equal(a[same], b[same])  # the same pairs, in the same order
+    assert (a["split"] != b["split"]).any()  # split differently
+    emb = embeddings(50, captions=1)
+    subsets = [
+        build_protocol(emb, "subset", RetrievalOptions(subset_size=20, seed=s)) for s in (0, 1)
+    ]
+    assert not np.array_equal(subsets[0].text_rows, subsets[1].text_rows)
+    full = [build_protocol(emb, "full", RetrievalOptions(seed=s)) for s in (0, 1)]
+    assert np.array_equal(full[0].t2i.queries, full[1].t2i.queries)
+
+
+def test_one_job_writes_the_mlflow_store() -> None:
+    """Parallel jobs never meet on the SQLite store: only `track` writes it, after
+    every score file exists (the tiny study runs with --cores 2 in test_workflow)."""
+    writers = [
+        p.relative_to(ROOT).as_posix()
+        for p in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "src").rglob("*.py")]
+        if re.search(r"\bmlflow\b|mmalign\.tracking", p.read_text())
+    ]
+    assert sorted(writers) == ["scripts/track.py", "src/mmalign/tracking.py"]
+    rules = (ROOT / "rules/report.smk").read_text()
+    assert re.search(r"rule track:\n    input:\n        FINAL_TARGETS,", rules)
