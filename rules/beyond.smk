@@ -64,3 +64,43 @@ FINAL_TARGETS.extend(
         name=["alignment.json", "gap_shift.parquet"],
     )
 )
+
+
+rule mlp_ablation:
+    input:
+        embedding_files("results/{dataset}/{encoder}/embeddings"),
+    output:
+        rows="results/{dataset}/{encoder}/learn/ablation.parquet",
+        curves="results/{dataset}/{encoder}/learn/ablation_curves.parquet",
+        figures=expand(
+            "results/{{dataset}}/{{encoder}}/figures/mlp_ablation.{ext}",
+            ext=["png", "pdf"],
+        ),
+    log:
+        "results/logs/mlp_ablation/{dataset}/{encoder}.log",
+    benchmark:
+        "results/benchmarks/mlp_ablation/{dataset}/{encoder}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        learn=config["learn"],
+        retrieval=config["retrieval"],
+        seed=config["seed"],
+    script:
+        "../scripts/mlp_ablation.py"
+
+
+if config["learn"]["ablation"]["enabled"]:
+
+    FINAL_TARGETS.extend(
+        expand(
+            "results/{dataset}/{encoder}/learn/ablation.parquet",
+            dataset=DATASETS,
+            encoder=ENCODERS,
+        )
+    )

@@ -79,6 +79,11 @@ def report_inputs(wildcards):
         "geometry": [f"{u}/geometry.json" for u in units],
         "alignment": [f"{u}/alignment.json" for u in units],
         "gap_shift": [f"{u}/gap_shift.parquet" for u in units],
+        "ablation": (
+            [f"{u}/learn/ablation.parquet" for u in units]
+            if config["learn"]["ablation"]["enabled"]
+            else []
+        ),
         "significance": "results/stats/significance.parquet",
         "figures": [
             "results/figures/tsne_grid.png",

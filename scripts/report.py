@@ -22,8 +22,11 @@ if __name__ == "__main__":
         figures={
             "Figures: t-SNE grid; precision@K upper bounds": list(inputs.figures),
             "Figures per dataset and encoder (t-SNE, cosines, retrieval examples, gap "
-            "shift)": unit_figures,
+            "shift, MLP ablation)": unit_figures,
         },
         alignment=load_units(inputs.alignment),
         gap_shift=pd.concat([pd.read_parquet(p) for p in inputs.gap_shift], ignore_index=True),
+        ablation=pd.concat([pd.read_parquet(p) for p in inputs.ablation], ignore_index=True)
+        if inputs.ablation
+        else None,
     )

@@ -81,6 +81,14 @@ def fake_results(root: Path) -> Path:
             "val_losses_t2i": [[0.5, 0.4], [0.6, 0.3, 0.35]],
         }
     ).to_parquet(learn / "mlp_mse.trials.parquet")
+    pd.DataFrame(
+        {
+            "dataset": "toy", "encoder": "enc", "protocol": "learned_test",
+            "direction": ["t2i", "i2t"], "metric": "mlp_ablation:paper",
+            "k": pd.array([1, 1], dtype="Int64"), "measure": "hit", "value": [0.1, np.nan],
+            "ci_low": 0.0, "ci_high": 0.2, "n_queries": 10, "note": "",
+        }
+    ).to_parquet(learn / "ablation.parquet")  # fmt: skip
     (learn / "mlp_mse.optuna").mkdir()
     (learn / "mlp_mse.optuna" / "journal.log").write_text('{"op_code": 0}\n')
     return root
@@ -111,8 +119,9 @@ def log_fake_results(root: Path) -> tuple[str, Path]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     results = fake_results(root / "results")
     summary = track_all({**CONFIG, "mlflow": {"tracking_uri": uri}}, results, "abc123", [])
-    # parent + embed + retrieval + geometry + alignment + gap_shift + learned variant + 2 trials
-    assert summary["created"] == 9
+    # parent + embed + retrieval + geometry + alignment + gap_shift + mlp_ablation
+    # + learned variant + 2 trials
+    assert summary["created"] == 10
     return uri, results
 
 
@@ -126,7 +135,7 @@ def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
 def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
     uri, results = logged
     runs = runs_in(uri)
-    assert len(runs) == 9
+    assert len(runs) == 10
     by_name = {r.info.run_name: r for r in runs}
     parent = by_name["toy / enc"]
     assert parent.data.tags["git_commit"] == "abc123" and parent.data.tags["dataset"] == "toy"
@@ -138,6 +147,7 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
         "subset/t2i/cosine/mrr": 0.6,
     }
     assert by_name["embed"].data.metrics["images_per_s"] == 12.5
+    assert by_name["mlp_ablation"].data.metrics == {"paper/t2i/hit_at_1": 0.1}
     alignment = by_name["alignment"].data.metrics
     assert alignment == {"spaces/raw/n_items": 10, "spaces/raw/cka/value": 0.4}
     assert by_name["gap_shift"].data.metrics == {
@@ -162,11 +172,11 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
     )
 
     assert track_all(CONFIG, results, "abc123", [])["created"] == 0  # unchanged: nothing new
-    assert len(runs_in(uri)) == 9
+    assert len(runs_in(uri)) == 10
 
     changed = {**CONFIG, "seed": 1}
-    assert track_all(changed, results, "abc123", [])["created"] == 9  # new runs, old kept
-    assert len(runs_in(uri)) == 18
+    assert track_all(changed, results, "abc123", [])["created"] == 10  # new runs, old kept
+    assert len(runs_in(uri)) == 20
 
 
 def free_port() -> int:
@@ -228,7 +238,7 @@ def test_server_rest_api_lists_runs_metrics_artifacts(server: str) -> None:
         f"{server}/api/2.0/mlflow/runs/search",
         {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
     )["runs"]
-    assert len(runs) == 9
+    assert len(runs) == 10
     retrieval = next(r for r in runs if r["info"]["run_name"] == "retrieval")
     assert {m["key"]: m["value"] for m in retrieval["data"]["metrics"]}[
         "subset/t2i/cosine/hit_at_1"
@@ -298,7 +308,7 @@ def test_a_locked_database_is_a_clear_error_and_loses_nothing(
     finally:
         holder.rollback()
         holder.close()
-    assert track_all(changed, results, "abc123", [])["created"] == 9  # logged in full now
+    assert track_all(changed, results, "abc123", [])["created"] == 10  # logged in full now
     assert track_all(changed, results, "abc123", [])["created"] == 0
 
 
@@ -320,4 +330,4 @@ def test_an_interrupted_tree_is_failed_and_logged_again(
     monkeypatch.setattr(MlflowClient, "log_artifact", real)
     failed = [r for r in runs_in(uri) if r.info.status == "FAILED"]
     assert [r.info.run_name for r in failed] == ["toy / enc"]
-    assert track_all(changed, results, "abc123", [])["created"] == 9
+    assert track_all(changed, results, "abc123", [])["created"] == 10

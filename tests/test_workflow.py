@@ -93,6 +93,7 @@ def tiny_study(folder: Path, seed: int = 0, n_trials: int = 1) -> list[str]:
         "variants": ["mlp_contrastive", "align"],
         "mlp": {"n_trials": n_trials, "max_epochs": 2},
         "align": {"epochs": 5},
+        "ablation": {"hidden": [4], "paper_epochs": 1, "converge_epochs": 2, "negatives": [1]},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return ["--cores", "2", "--resources", "gpu=1", "--set-scatter", "embed=2",
@@ -168,6 +169,9 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     report = (tmp_path / "results/report.md").read_text()
     assert "## Table 2" in report and "## Table 3" in report
     assert "how aligned are the two spaces" in report and "closing the modality gap" in report
+    assert "why the paper's MLP fails" in report
+    ablation = pd.read_parquet(results / "minilm_effnet/learn/ablation.parquet")
+    assert set(ablation["protocol"]) == {"learned_test"} and (ablation["n_queries"] == 3).all()
     runs = json.loads((tmp_path / "results/mlflow_runs.json").read_text())
     assert runs["created"] > 0 and set(runs["runs"]) == {
         "openclipart/minilm_effnet",

@@ -625,3 +625,45 @@ def gap_shift_figure(frame: pd.DataFrame, title: str = "") -> Figure:
         if title:
             fig.suptitle(title)
     return fig
+
+
+def mlp_ablation_figure(curves: pd.DataFrame, rows: pd.DataFrame, title: str = "") -> Figure:
+    """The MLP ablation (:mod:`mmalign.learn.ablation`): each variant's validation
+    loss per epoch (text-anchored MLP; the epoch kept is marked), and its test
+    hit@1 in both directions against chance."""
+    hits = rows[(rows["measure"] == "hit") & (rows["k"] == 1)].dropna(subset=["value"])
+    with _style():
+        fig = new_figure(PAGE_WIDTH, 2.8)
+        loss_ax, hit_ax = fig.subplots(1, 2, width_ratios=[1.4, 1])
+        names = list(dict.fromkeys(curves["variant"])) if len(curves) else []
+        colours = mpl.colormaps["tab10"](np.arange(max(1, len(names))) % 10)
+        for name, colour in zip(names, colours, strict=True):
+            mine = curves[(curves["variant"] == name) & (curves["direction"].isin(["t2i", "both"]))]
+            loss_ax.plot(mine["epoch"], mine["val_loss"], color=colour, lw=1, label=name)
+            kept = mine[mine["best"].astype(bool)]
+            loss_ax.plot(kept["epoch"], kept["val_loss"], "o", ms=3, color=colour)
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("validation loss (text-anchored)")
+        loss_ax.set_yscale("log")
+        loss_ax.grid(alpha=0.3, lw=0.5)
+        if names:
+            loss_ax.legend(frameon=False, fontsize=7)
+        if hits.empty:
+            draw_na(hit_ax, "no test scores")
+        else:
+            variants = list(dict.fromkeys(hits["metric"]))
+            y = np.arange(len(variants))
+            for offset, (direction, colour) in enumerate((("t2i", TEXT_COLOUR),
+                                                          ("i2t", IMAGE_COLOUR))):  # fmt: skip
+                mine = hits[hits["direction"] == direction].set_index("metric").reindex(variants)
+                hit_ax.barh(y + 0.4 * offset - 0.2, 100 * mine["value"], height=0.4,
+                            color=colour, label=direction)  # fmt: skip
+            chance = 100 / hits["n_queries"].max()
+            hit_ax.axvline(chance, color="0.3", ls="--", lw=0.8, label=f"chance {chance:.2f}%")
+            hit_ax.set_yticks(y, [v.removeprefix("mlp_ablation:") for v in variants])
+            hit_ax.invert_yaxis()
+            hit_ax.set_xlabel("test hit@1 (%)")
+            hit_ax.legend(frameon=False, fontsize=7)
+        if title:
+            fig.suptitle(title)
+    return fig

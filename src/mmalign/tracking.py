@@ -209,6 +209,28 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
                 artifacts=[gap_shift, *figures],
             )
         )
+    ablation = unit / "learn" / "ablation.parquet"
+    if ablation.exists():
+        frame = pd.read_parquet(ablation).dropna(subset=["value"])
+        parent.children.append(
+            RunSpec(
+                "mlp_ablation",
+                params=flatten(config.get("learn", {}).get("ablation", {}), "ablation"),
+                metrics={
+                    metric_key(
+                        str(r.metric).removeprefix("mlp_ablation:"),
+                        r.direction,
+                        f"{r.measure}@{r.k}" if pd.notna(r.k) else r.measure,
+                    ): float(r.value)
+                    for r in frame.itertuples()
+                },
+                artifacts=[
+                    ablation,
+                    *sorted(unit.glob("learn/ablation_curves.parquet")),
+                    *sorted(unit.glob("figures/mlp_ablation.*")),
+                ],
+            )
+        )
     learn = unit / "learn"
     for summary in sorted(learn.glob("*.json")) if learn.exists() else []:
         parent.children.append(learned_run(summary))

@@ -186,6 +186,8 @@ class MLPOptions:
     layers: tuple[int, int] = (1, 5)
     neurons: tuple[int, int] = (100, 1100)
     down_hidden: tuple[int, ...] = (500, 300, 100)
+    lr_schedule: bool = True  # the paper's per-epoch factor; False = constant lr
+    balanced: bool = False  # positives and negatives weighted 1/2 each, not 1/N and (N-1)/N
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> MLPOptions:
@@ -200,16 +202,25 @@ class MLPOptions:
             layers=tuple(cfg["layers"]),
             neurons=tuple(cfg["neurons"]),
             down_hidden=tuple(cfg["down_hidden"]),
+            lr_schedule=cfg["lr_schedule"],
+            balanced=cfg["balanced"],
         )
+
+
+def constant_factor(epoch: int) -> float:
+    """No schedule: the base learning rate in every epoch."""
+    return 1.0
 
 
 class _PairTensors:
     """One split on the device; builds the (anchor, 1 + k candidates) inputs."""
 
-    def __init__(self, split: PairSplit, device: torch.device) -> None:
+    def __init__(self, split: PairSplit, device: torch.device, balanced: bool = False) -> None:
         self.text = torch.from_numpy(split.text).to(device)
         self.image = torch.from_numpy(split.image).to(device)
         self.n = len(split)
+        # Eq. 3-4 weigh the positive 1/N and the negatives (N-1)/N; N = 2 weighs them equally.
+        self.weight_n = 2 if balanced else self.n
 
     def inputs(
         self, anchors: torch.Tensor, negatives: torch.Tensor, anchor: str
@@ -234,9 +245,9 @@ def batch_loss(
     text, image = data.inputs(anchors, negatives, anchor)
     d = model(text, image)
     if loss == "contrastive":
-        return contrastive_loss(d, data.n)
+        return contrastive_loss(d, data.weight_n)
     target = nn.functional.cosine_similarity(text, image, dim=-1)
-    return mse_loss(d, target, data.n)
+    return mse_loss(d, target, data.weight_n)
 
 
 def validation_loss(
@@ -280,8 +291,11 @@ def train_mlp(
     torch.manual_seed(seed)
     model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(0.9, 0.999))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, paper_lr_factor)
-    train, val = _PairTensors(splits.train, device), _PairTensors(splits.val, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, paper_lr_factor if opts.lr_schedule else constant_factor
+    )
+    train = _PairTensors(splits.train, device, opts.balanced)
+    val = _PairTensors(splits.val, device, opts.balanced)
     generator = torch.Generator().manual_seed(seed)
     val_negatives = sample_negatives(
         torch.arange(val.n), val.n, opts.negatives, torch.Generator().manual_seed(val_seed)

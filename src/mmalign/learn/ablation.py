@@ -1,0 +1,220 @@
+"""Why the paper's MLP fails: a controlled ablation (beyond the paper; its conclusion 4).
+
+The paper concludes that an MLP cannot learn the image-text similarity. Its
+recipe combines several choices any of which could be the cause; this
+experiment trains the same MLP (a fixed architecture, ``hidden``, so only the
+named factor changes) on the same splits, from the same initial weights, with
+the same batches and negatives, changing one factor at a time from the
+paper's recipe:
+
+- ``paper``: the contrastive loss (Eq. 1, 3-4), Adam at ``lr`` times the
+  per-epoch factor 1 / (1 + 2^(0.5 c)), the paper's early stopping (< 1%
+  better than the previous epoch for 5 epochs), at most ``paper_epochs``,
+  ``negatives[0]`` negatives per positive;
+- ``no_schedule``: the base rate in every epoch (the factor halves the rate in
+  the first epoch and makes it ~0.1% of it by epoch 20: the schedule's whole
+  sum is about 2.3 epochs at the base rate);
+- ``negatives_<n>``: n negatives per positive for each further value of
+  ``negatives``;
+- ``converge``: training to convergence, at most ``converge_epochs`` with a
+  patient rule (no better than the best for ``converge_patience`` epochs);
+- ``no_schedule_converge``: both of the above;
+- ``balanced``: the positive and the negatives weighted 1/2 each instead of
+  Eq. 3-4's 1/N and (N - 1)/N: with the paper's averaging a model that
+  scores *every* pair -1 is already within 2/N of the optimum, so the
+  gradient to tell the positive apart is N times weaker than the one to push
+  everything down; ``balanced_converge``: the same with a constant rate,
+  trained to convergence;
+- ``mse``: the MSE target (the pair's cosine) instead of the contrastive
+  loss (n/a when the two dimensions differ: the target does not exist).
+
+Each variant is trained per direction as the paper does (a text-anchored MLP
+ranks images for text queries, an image-anchored one texts for image queries;
+MSE: one MLP for both) and scored on the test split by the retrieval engine,
+metric ``mlp_ablation:<variant>``. Only the validation loss selects anything
+(the best epoch); the test split is only scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mmalign.learn.common import (
+    PairSplits,
+    dimension_note,
+    na_rows,
+    paper_lr_factor,
+    result_frame,
+    score_learned,
+    trial_seed,
+)
+from mmalign.learn.mlp import (
+    MLPOptions,
+    MLPScorer,
+    SimilarityMLP,
+    _anchor,
+    mlp_directions,
+    train_mlp,
+)
+from mmalign.retrieval import RetrievalOptions
+
+log = logging.getLogger(__name__)
+
+CURVE_COLUMNS = ["variant", "direction", "epoch", "train_loss", "val_loss", "lr", "best"]
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    """The ``learn.ablation`` config (see the schema)."""
+
+    hidden: tuple[int, ...] = (256, 128)
+    paper_epochs: int = 20
+    converge_epochs: int = 40
+    converge_patience: int = 5
+    negatives: tuple[int, ...] = (1, 16)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> AblationOptions:
+        return cls(
+            hidden=tuple(cfg["hidden"]),
+            paper_epochs=cfg["paper_epochs"],
+            converge_epochs=cfg["converge_epochs"],
+            converge_patience=cfg["converge_patience"],
+            negatives=tuple(cfg["negatives"]),
+        )
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    changes: str  # what differs from the paper's recipe, for people
+    loss: str
+    opts: MLPOptions
+
+
+def variants(base: MLPOptions, opts: AblationOptions) -> list[Variant]:
+    """The paper's recipe and its one-factor changes (see the module docstring)."""
+    paper = dataclasses.replace(
+        base,
+        max_epochs=opts.paper_epochs,
+        negatives=opts.negatives[0],
+        lr_schedule=True,
+        balanced=False,
+        patience=5,
+        min_delta=0.01,
+    )
+    converge = {"max_epochs": opts.converge_epochs, "patience": opts.converge_patience,
+                "min_delta": 0.0}  # fmt: skip
+    out = [
+        Variant("paper", "the paper's recipe", "contrastive", paper),
+        Variant("no_schedule", "constant learning rate", "contrastive",
+                dataclasses.replace(paper, lr_schedule=False)),
+        *[
+            Variant(f"negatives_{n}", f"{n} negatives per positive", "contrastive",
+                    dataclasses.replace(paper, negatives=n))
+            for n in opts.negatives[1:]
+        ],
+        Variant("converge", "trained to convergence", "contrastive",
+                dataclasses.replace(paper, **converge)),
+        Variant("no_schedule_converge", "constant learning rate, trained to convergence",
+                "contrastive", dataclasses.replace(paper, lr_schedule=False, **converge)),
+        Variant("balanced", "positive and negatives weighted 1/2 each, not 1/N and (N-1)/N",
+                "contrastive", dataclasses.replace(paper, balanced=True)),
+        Variant("balanced_converge", "balanced weighting, constant learning rate, trained "
+                "to convergence", "contrastive",
+                dataclasses.replace(paper, balanced=True, lr_schedule=False, **converge)),
+        Variant("mse", "MSE to the cosine instead of the contrastive loss", "mse", paper),
+    ]  # fmt: skip
+    return out
+
+
+def run_ablation(
+    splits: PairSplits,
+    base: MLPOptions,
+    opts: AblationOptions,
+    ropts: RetrievalOptions,
+    seed: int,
+    device: torch.device,
+    label: dict[str, str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and score every variant: (retrieval rows, per-epoch curves with
+    ``variant, direction, epoch, train_loss, val_loss, lr``)."""
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    val_seed = trial_seed(seed, 7)
+    for variant in variants(base, opts):
+        metric = f"mlp_ablation:{variant.name}"
+        note = dimension_note(splits) if variant.loss == "mse" else ""
+        if note:
+            log.warning("%s: %s", variant.name, note)
+            rows += na_rows(metric, len(splits.test), note, label, ropts)
+            continue
+        models: dict[str, SimilarityMLP] = {}
+        for k, direction in enumerate(mlp_directions(variant.loss)):
+            # The same seeds for every variant: same weights, batches and negatives.
+            models[direction], history = train_mlp(
+                splits, list(opts.hidden), variant.loss, _anchor(direction), variant.opts,
+                trial_seed(seed, 11, k), val_seed, device,
+            )  # fmt: skip
+            for epoch, (train, val) in enumerate(
+                zip(history.train_losses, history.val_losses, strict=True)
+            ):
+                factor = paper_lr_factor(epoch) if variant.opts.lr_schedule else 1.0
+                curves.append({"variant": variant.name, "direction": direction,
+                               "epoch": epoch + 1, "train_loss": train, "val_loss": val,
+                               "lr": variant.opts.lr * factor,
+                               "best": epoch == history.best_epoch})  # fmt: skip
+
+        def scorer_for(direction: str, models: dict[str, SimilarityMLP] = models) -> MLPScorer:
+            model = models["both"] if "both" in models else models[direction]
+            gallery = splits.test.image if direction == "t2i" else splits.test.text
+            return MLPScorer(model, gallery, direction, device, ropts.block_mb)
+
+        scored, summary = score_learned(scorer_for, splits.test, metric, label, ropts)
+        rows += scored
+        log.info("%s (%s): test hit@1 t2i %.4f, i2t %.4f", variant.name, variant.changes,
+                 summary["t2i"]["hit_at_1"],
+                 summary["i2t"]["hit_at_1"])  # fmt: skip
+    return result_frame(rows), pd.DataFrame(curves, columns=CURVE_COLUMNS)
+
+
+def ablation_job(
+    embeddings_dir: str | Path,
+    learn_cfg: dict[str, Any],
+    retrieval_cfg: dict[str, Any],
+    seed: int,
+    threads: int,
+    out_rows: str | Path,
+    out_curves: str | Path,
+    label: dict[str, str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``mlp_ablation`` rule: the variants' test rows and their loss curves."""
+    from mmalign.embed import Embeddings
+    from mmalign.io import write_parquet
+    from mmalign.learn.common import SplitTooSmall, pair_splits, torch_device
+
+    torch.set_num_threads(max(1, threads))
+    ropts = RetrievalOptions.from_config(retrieval_cfg, seed)
+    opts = AblationOptions.from_config(learn_cfg["ablation"])
+    emb = Embeddings.load(embeddings_dir)
+    try:
+        splits = pair_splits(emb, learn_cfg["max_pairs"], seed, where=str(embeddings_dir))
+    except SplitTooSmall as err:
+        log.warning("%s", err)
+        names = [f"mlp_ablation:{v.name}" for v in variants(MLPOptions(), opts)]
+        rows = result_frame([r for m in names for r in na_rows(m, 0, f"n/a: {err}", label, ropts)])
+        curves = pd.DataFrame(columns=CURVE_COLUMNS)
+    else:
+        base = MLPOptions.from_config(learn_cfg["mlp"])
+        rows, curves = run_ablation(splits, base, opts, ropts, seed,
+                                    torch_device(learn_cfg["device"]), label)  # fmt: skip
+    write_parquet(rows, out_rows)
+    write_parquet(curves, out_curves)
+    return rows, curves
