@@ -645,6 +645,9 @@ def mlp_ablation_figure(curves: pd.DataFrame, rows: pd.DataFrame, title: str = "
         loss_ax.set_xlabel("epoch")
         loss_ax.set_ylabel("validation loss (text-anchored)")
         loss_ax.set_yscale("log")
+        # Plain tick labels: mathtext is off (captions may hold "$"), so no 10^{-1}.
+        loss_ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        loss_ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
         loss_ax.grid(alpha=0.3, lw=0.5)
         if names:
             loss_ax.legend(frameon=False, fontsize=7)
