@@ -78,7 +78,7 @@ class AblationOptions:
     paper_epochs: int = 20
     converge_epochs: int = 40
     converge_patience: int = 5
-    negatives: tuple[int, ...] = (1, 16)
+    negatives: tuple[int, ...] = (1, 4, 16)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> AblationOptions:
