@@ -21,7 +21,7 @@ rule alignment:
         runtime=60,
     params:
         alignment=config["alignment"],
-        learn=config["learn"],
+        learn=LEARN_CONFIG,
         seed=config["seed"],
     script:
         "../scripts/alignment.py"
@@ -50,7 +50,7 @@ rule gap_shift:
     params:
         gap_shift=config["gap_shift"],
         retrieval=config["retrieval"],
-        learn=config["learn"],
+        learn=LEARN_CONFIG,
         seed=config["seed"],
     script:
         "../scripts/gap_shift.py"

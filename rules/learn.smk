@@ -26,7 +26,7 @@ rule learn:
         mem_mb=8000,
         runtime=720,
     params:
-        learn=config["learn"],
+        learn=LEARN_CONFIG,
         retrieval=config["retrieval"],
         seed=config["seed"],
         # The Optuna journal is deliberately not an output: Snakemake deletes
