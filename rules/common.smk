@@ -24,7 +24,9 @@ envvars:
 # The learn config without the ablation's section: what the learned variants,
 # and the jobs that reuse their splits and heads, depend on (so a change to the
 # ablation's settings reruns the ablation only).
-LEARN_CONFIG = {key: value for key, value in config["learn"].items() if key != "ablation"}
+LEARN_CONFIG = {
+    key: value for key, value in config["learn"].items() if key != "ablation"
+}
 
 DATASETS = sorted(config["datasets"])
 ENCODERS = sorted(config["encoders"])
