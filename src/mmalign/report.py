@@ -32,6 +32,14 @@ def percent(value: float, low: float = math.nan, high: float = math.nan) -> str:
     return text
 
 
+def interval_cells(rows: pd.DataFrame) -> list[str]:
+    """:func:`percent` of each row's ``value`` with its ``ci_low``, ``ci_high``."""
+    return [
+        percent(v, lo, hi)
+        for v, lo, hi in zip(rows["value"], rows["ci_low"], rows["ci_high"], strict=True)
+    ]
+
+
 def markdown_table(frame: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
     """A GitHub Markdown table of ``frame`` (index included); ``bold`` marks cells."""
     index_names = [str(n) if n else "" for n in frame.index.names]
@@ -87,12 +95,7 @@ def hit_table(
     numbers = rows.pivot_table(
         index=["dataset", "metric"], columns=["encoder", "k"], values="value", dropna=False
     )
-    shown = rows.assign(
-        cell=[
-            percent(v, lo, hi)
-            for v, lo, hi in zip(rows["value"], rows["ci_low"], rows["ci_high"], strict=True)
-        ]
-    )
+    shown = rows.assign(cell=interval_cells(rows))
     shown = shown.pivot_table(
         index=["dataset", "metric"], columns=["encoder", "k"], values="cell", aggfunc="first"
     )
@@ -153,12 +156,7 @@ def precision_table(
     numbers = rows.pivot_table(
         index=index, columns=["direction", "k"], values="value", dropna=False
     )
-    cells = rows.assign(
-        cell=[
-            percent(v, lo, hi)
-            for v, lo, hi in zip(rows["value"], rows["ci_low"], rows["ci_high"], strict=True)
-        ]
-    )
+    cells = rows.assign(cell=interval_cells(rows))
     shown = cells.pivot_table(
         index=index, columns=["direction", "k"], values="cell", aggfunc="first"
     )
@@ -208,10 +206,8 @@ def gap_shift_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"hit@{k}" if m == "hit" else m for m, k in zip(ok["measure"], ok["k"], strict=True)
         ],
         cell=[
-            percent(v, lo, hi) if m == "hit" else f"{v:.3f}"
-            for v, lo, hi, m in zip(
-                ok["value"], ok["ci_low"], ok["ci_high"], ok["measure"], strict=True
-            )
+            cell if m == "hit" else f"{v:.3f}"
+            for cell, v, m in zip(interval_cells(ok), ok["value"], ok["measure"], strict=True)
         ],
     )
     index, columns = ["dataset", "encoder", "space", "lambda", "gap"], ["direction", "column"]

@@ -23,7 +23,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,18 @@ def metric_key(*parts: Any) -> str:
     return "/".join(
         str(p).replace("@", "_at_") for p in parts if p is not None and str(p) != "<NA>"
     )
+
+
+def row_metrics(
+    frame: pd.DataFrame, key: Callable[[dict[str, Any]], tuple[Any, ...]]
+) -> dict[str, float]:
+    """Long-form score rows as metrics: ``key(row)`` names the row, then its
+    ``measure@k`` (or ``measure``); rows without a value are left out."""
+    return {
+        metric_key(*key(r), f"{r['measure']}@{r['k']}" if pd.notna(r["k"]) else r["measure"]):
+        float(r["value"])
+        for r in frame.dropna(subset=["value"]).to_dict("records")
+    }  # fmt: skip
 
 
 def file_digest(paths: list[Path]) -> str:
@@ -149,17 +161,9 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
         )
     retrieval = unit / "retrieval.parquet"
     if retrieval.exists():
-        frame = pd.read_parquet(retrieval)
-        ok = frame[frame["value"].notna()]
-        metrics = {
-            metric_key(
-                r.protocol,
-                r.direction,
-                r.metric,
-                f"{r.measure}@{r.k}" if pd.notna(r.k) else r.measure,
-            ): float(r.value)
-            for r in ok.itertuples()
-        }
+        metrics = row_metrics(
+            pd.read_parquet(retrieval), lambda r: (r["protocol"], r["direction"], r["metric"])
+        )
         parent.children.append(
             RunSpec(
                 "retrieval",
@@ -192,12 +196,9 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
     gap_shift = unit / "gap_shift.parquet"
     if gap_shift.exists():
         frame = pd.read_parquet(gap_shift).dropna(subset=["value"])
-        metrics = {
-            metric_key(r["space"], f"lambda_{r['lambda']:g}", r["direction"],
-                       f"{r['measure']}@{r['k']}" if pd.notna(r["k"]) else r["measure"]):
-            float(r["value"])
-            for r in frame.to_dict("records")
-        }  # fmt: skip
+        metrics = row_metrics(
+            frame, lambda r: (r["space"], f"lambda_{r['lambda']:g}", r["direction"])
+        )
         gaps = frame.groupby(["space", "lambda"])["gap"].first()
         metrics |= {f"{space}/lambda_{lam:g}/gap": float(g) for (space, lam), g in gaps.items()}
         figures = sorted((unit / "figures").glob("gap_shift.*"))
@@ -211,19 +212,14 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
         )
     ablation = unit / "learn" / "ablation.parquet"
     if ablation.exists():
-        frame = pd.read_parquet(ablation).dropna(subset=["value"])
+        frame = pd.read_parquet(ablation)
         parent.children.append(
             RunSpec(
                 "mlp_ablation",
                 params=flatten(config.get("learn", {}).get("ablation", {}), "ablation"),
-                metrics={
-                    metric_key(
-                        str(r.metric).removeprefix("mlp_ablation:"),
-                        r.direction,
-                        f"{r.measure}@{r.k}" if pd.notna(r.k) else r.measure,
-                    ): float(r.value)
-                    for r in frame.itertuples()
-                },
+                metrics=row_metrics(
+                    frame, lambda r: (r["metric"].removeprefix("mlp_ablation:"), r["direction"])
+                ),
                 artifacts=[
                     ablation,
                     *sorted(unit.glob("learn/ablation_curves.parquet")),

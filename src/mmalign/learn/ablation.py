@@ -50,17 +50,16 @@ from mmalign.learn.common import (
     PairSplits,
     dimension_note,
     na_rows,
-    paper_lr_factor,
     result_frame,
-    score_learned,
     trial_seed,
 )
 from mmalign.learn.mlp import (
     MLPOptions,
-    MLPScorer,
     SimilarityMLP,
     _anchor,
+    lr_factor,
     mlp_directions,
+    score_mlps,
     train_mlp,
 )
 from mmalign.retrieval import RetrievalOptions
@@ -166,18 +165,13 @@ def run_ablation(
             for epoch, (train, val) in enumerate(
                 zip(history.train_losses, history.val_losses, strict=True)
             ):
-                factor = paper_lr_factor(epoch) if variant.opts.lr_schedule else 1.0
+                factor = lr_factor(variant.opts)(epoch)
                 curves.append({"variant": variant.name, "direction": direction,
                                "epoch": epoch + 1, "train_loss": train, "val_loss": val,
                                "lr": variant.opts.lr * factor,
                                "best": epoch == history.best_epoch})  # fmt: skip
 
-        def scorer_for(direction: str, models: dict[str, SimilarityMLP] = models) -> MLPScorer:
-            model = models["both"] if "both" in models else models[direction]
-            gallery = splits.test.image if direction == "t2i" else splits.test.text
-            return MLPScorer(model, gallery, direction, device, ropts.block_mb)
-
-        scored, summary = score_learned(scorer_for, splits.test, metric, label, ropts)
+        scored, summary = score_mlps(models, splits.test, metric, label, ropts, device)
         rows += scored
         log.info("%s (%s): test hit@1 t2i %.4f, i2t %.4f", variant.name, variant.changes,
                  summary["t2i"]["hit_at_1"],

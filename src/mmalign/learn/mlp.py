@@ -212,6 +212,11 @@ def constant_factor(epoch: int) -> float:
     return 1.0
 
 
+def lr_factor(opts: MLPOptions) -> Callable[[int], float]:
+    """The learning rate's factor in epoch c (0-based) under ``opts``."""
+    return paper_lr_factor if opts.lr_schedule else constant_factor
+
+
 class _PairTensors:
     """One split on the device; builds the (anchor, 1 + k candidates) inputs."""
 
@@ -291,9 +296,7 @@ def train_mlp(
     torch.manual_seed(seed)
     model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(0.9, 0.999))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, paper_lr_factor if opts.lr_schedule else constant_factor
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opts))
     train = _PairTensors(splits.train, device, opts.balanced)
     val = _PairTensors(splits.val, device, opts.balanced)
     generator = torch.Generator().manual_seed(seed)
@@ -348,6 +351,25 @@ class MLPScorer:
                 text, image = (q, gallery) if self.direction == "t2i" else (gallery, q)
                 out[lo : lo + len(q)] = self.model.logits(text, image).float().cpu()
         return out
+
+
+def score_mlps(
+    models: dict[str, SimilarityMLP],
+    test: PairSplit,
+    metric: str,
+    label: dict[str, str],
+    ropts: RetrievalOptions,
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Test retrieval with trained MLPs (``both``, or one per direction) in both
+    directions, as :func:`mmalign.learn.common.score_learned` scores it."""
+
+    def scorer_for(direction: str) -> MLPScorer:
+        model = models["both"] if "both" in models else models[direction]
+        gallery = test.image if direction == "t2i" else test.text
+        return MLPScorer(model, gallery, direction, device, ropts.block_mb)
+
+    return score_learned(scorer_for, test, metric, label, ropts)
 
 
 # ---- the Optuna study --------------------------------------------------------
@@ -639,12 +661,7 @@ def run_mlp_variant(
             "best_val_loss": attrs[f"best_val_loss_{d}"],
         }
 
-    def scorer_for(direction: str) -> MLPScorer:
-        model = models["both"] if "both" in models else models[direction]
-        gallery = splits.test.image if direction == "t2i" else splits.test.text
-        return MLPScorer(model, gallery, direction, device, ropts.block_mb)
-
-    rows, summary["test"][variant] = score_learned(scorer_for, splits.test, variant, label, ropts)
+    rows, summary["test"][variant] = score_mlps(models, splits.test, variant, label, ropts, device)
     summary["status"] = "ok"
     metadata = {
         "variant": variant,
