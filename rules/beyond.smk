@@ -33,6 +33,7 @@ rule gap_shift:
         heads=aligned_heads,
     output:
         rows="results/{dataset}/{encoder}/gap_shift.parquet",
+        ranks="results/{dataset}/{encoder}/gap_shift.ranks.parquet",
         figures=expand(
             "results/{{dataset}}/{{encoder}}/figures/gap_shift.{ext}",
             ext=["png", "pdf"],
@@ -71,6 +72,7 @@ rule mlp_ablation:
         embedding_files("results/{dataset}/{encoder}/embeddings"),
     output:
         rows="results/{dataset}/{encoder}/learn/ablation.parquet",
+        ranks="results/{dataset}/{encoder}/learn/ablation.ranks.parquet",
         curves="results/{dataset}/{encoder}/learn/ablation_curves.parquet",
         figures=expand(
             "results/{{dataset}}/{{encoder}}/figures/mlp_ablation.{ext}",

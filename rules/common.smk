@@ -91,9 +91,25 @@ def report_inputs(wildcards):
             if config["learn"]["ablation"]["enabled"]
             else []
         ),
-        "significance": "results/stats/significance.parquet",
+        "paired": "results/stats/paired.parquet",
+        "hubness": [f"{u}/hubness.parquet" for u in units],
+        "queries": [f"{u}/extreme_queries.parquet" for u in units],
+        "recall_figures": [f"{u}/figures/recall_at_k.png" for u in units],
         "figures": [
             "results/figures/tsne_grid.png",
             "results/figures/precision_upper_bounds.png",
         ],
+    }
+
+
+def paired_inputs(wildcards):
+    units = expand("results/{dataset}/{encoder}", dataset=DATASETS, encoder=ENCODERS)
+    return {
+        "ranks": [f"{u}/ranks.parquet" for u in units],
+        "gap_shift": [f"{u}/gap_shift.ranks.parquet" for u in units],
+        "ablation": (
+            [f"{u}/learn/ablation.ranks.parquet" for u in units]
+            if config["learn"]["ablation"]["enabled"]
+            else []
+        ),
     }

@@ -14,8 +14,10 @@ rule prepare:
         mem_mb=4000,
         runtime=60,
     params:
-        # A change to the dataset's config re-runs the rule (params rerun trigger).
+        # A change to the dataset's config, or to the seed that draws its random
+        # split and max_images subset, re-runs the rule (params rerun trigger).
         dataset=dataset_config,
+        seed=config["seed"],
     script:
         "../scripts/prepare.py"
 

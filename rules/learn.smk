@@ -1,6 +1,7 @@
 # The learned stage (paper Section 3 Eq. 1-4, Section 4.5, Tables 3, 4, 6) and
 # post-hoc alignment heads: one job per (dataset, encoder, variant). The
-# retrieval rows it writes are appended to retrieval.parquet (rules/retrieval.smk).
+# retrieval rows, per-query ranks and hubness it writes are appended to
+# retrieval.parquet, ranks.parquet and hubness.parquet (rules/retrieval.smk).
 LEARN_VARIANTS = config["learn"]["variants"]
 
 
@@ -12,6 +13,8 @@ rule learn:
         rows="results/{dataset}/{encoder}/learn/{variant}.parquet",
         weights="results/{dataset}/{encoder}/learn/{variant}.safetensors",
         trials="results/{dataset}/{encoder}/learn/{variant}.trials.parquet",
+        ranks="results/{dataset}/{encoder}/learn/{variant}.ranks.parquet",
+        hubness="results/{dataset}/{encoder}/learn/{variant}.hubness.parquet",
     log:
         "results/logs/learn/{dataset}/{encoder}/{variant}.log",
     benchmark:

@@ -2,7 +2,9 @@ rule retrieval_protocol:
     input:
         embedding_files("results/{dataset}/{encoder}/embeddings"),
     output:
-        temp("results/{dataset}/{encoder}/retrieval/{protocol}.parquet"),
+        rows=temp("results/{dataset}/{encoder}/retrieval/{protocol}.parquet"),
+        ranks=temp("results/{dataset}/{encoder}/retrieval/{protocol}.ranks.parquet"),
+        hubness=temp("results/{dataset}/{encoder}/retrieval/{protocol}.hubness.parquet"),
     log:
         "results/logs/retrieval/{dataset}/{encoder}/{protocol}.log",
     benchmark:
@@ -18,23 +20,38 @@ rule retrieval_protocol:
     params:
         retrieval=config["retrieval"],
         seed=config["seed"],
+        captions=lambda wc: config["datasets"][wc.dataset].get("captions"),
     script:
         "../scripts/retrieval.py"
 
 
 rule retrieval:
     input:
-        expand(
-            "results/{{dataset}}/{{encoder}}/retrieval/{protocol}.parquet",
-            protocol=config["retrieval"]["protocols"],
-        ),
-        # The learned variants' test-split rows (rules/learn.smk), appended.
-        expand(
-            "results/{{dataset}}/{{encoder}}/learn/{variant}.parquet",
-            variant=config["learn"]["variants"],
-        ),
+        # Each protocol's files, then the learned variants' test-split files
+        # (rules/learn.smk), appended.
+        **{
+            name: [
+                *expand(
+                    "results/{{dataset}}/{{encoder}}/retrieval/{protocol}{suffix}.parquet",
+                    protocol=config["retrieval"]["protocols"],
+                    suffix=suffix,
+                ),
+                *expand(
+                    "results/{{dataset}}/{{encoder}}/learn/{variant}{suffix}.parquet",
+                    variant=config["learn"]["variants"],
+                    suffix=suffix,
+                ),
+            ]
+            for name, suffix in (
+                ("rows", ""),
+                ("ranks", ".ranks"),
+                ("hubness", ".hubness"),
+            )
+        },
     output:
-        "results/{dataset}/{encoder}/retrieval.parquet",
+        rows="results/{dataset}/{encoder}/retrieval.parquet",
+        ranks="results/{dataset}/{encoder}/ranks.parquet",
+        hubness="results/{dataset}/{encoder}/hubness.parquet",
     log:
         "results/logs/retrieval/{dataset}/{encoder}/combine.log",
     conda:
@@ -47,32 +64,61 @@ rule retrieval:
         "../scripts/combine_tables.py"
 
 
-rule significance:
+rule error_analysis:
     input:
-        expand(
-            "results/{dataset}/{encoder}/retrieval.parquet",
-            dataset=DATASETS,
-            encoder=ENCODERS,
-        ),
+        ranks="results/{dataset}/{encoder}/ranks.parquet",
+        manifest="results/{dataset}/manifest.parquet",
     output:
-        "results/stats/significance.parquet",
+        queries="results/{dataset}/{encoder}/extreme_queries.parquet",
+        figures=expand(
+            "results/{{dataset}}/{{encoder}}/figures/recall_at_k.{ext}",
+            ext=["png", "pdf"],
+        ),
     log:
-        "results/logs/significance.log",
+        "results/logs/error_analysis/{dataset}/{encoder}.log",
     conda:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
         runtime=10,
     script:
-        "../scripts/significance.py"
+        "../scripts/error_analysis.py"
+
+
+rule paired:
+    input:
+        unpack(paired_inputs),
+    output:
+        "results/stats/paired.parquet",
+    log:
+        "results/logs/paired.log",
+    benchmark:
+        "results/benchmarks/paired.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        retrieval=config["retrieval"],
+        seed=config["seed"],
+    script:
+        "../scripts/paired.py"
 
 
 FINAL_TARGETS.extend(
     expand(
-        "results/{dataset}/{encoder}/retrieval.parquet",
+        "results/{dataset}/{encoder}/{name}",
         dataset=DATASETS,
         encoder=ENCODERS,
+        name=[
+            "retrieval.parquet",
+            "ranks.parquet",
+            "hubness.parquet",
+            "extreme_queries.parquet",
+        ],
     )
 )
-FINAL_TARGETS.append("results/stats/significance.parquet")
+FINAL_TARGETS.append("results/stats/paired.parquet")

@@ -18,6 +18,7 @@ if __name__ == "__main__":
         seed=snakemake.params.seed,
         threads=snakemake.threads,
         out_rows=snakemake.output.rows,
+        out_ranks=snakemake.output.ranks,
         label=label,
     )
     stem = Path(snakemake.output.figures[0]).with_suffix("")

@@ -19,6 +19,8 @@ if __name__ == "__main__":
         out_rows=snakemake.output.rows,
         out_weights=snakemake.output.weights,
         out_trials=snakemake.output.trials,
+        out_ranks=snakemake.output.ranks,
+        out_hubness=snakemake.output.hubness,
         study_dir=snakemake.params.study_dir,
         label={"dataset": snakemake.wildcards.dataset, "encoder": snakemake.wildcards.encoder},
     )

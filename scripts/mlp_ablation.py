@@ -16,6 +16,7 @@ if __name__ == "__main__":
         seed=snakemake.params.seed,
         threads=snakemake.threads,
         out_rows=snakemake.output.rows,
+        out_ranks=snakemake.output.ranks,
         out_curves=snakemake.output.curves,
         label=label,
     )

@@ -5,9 +5,12 @@ from mmalign.logs import setup_logging
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])
+    name = snakemake.wildcards.dataset
+    # Only what the rule's params declare, so that every input to the manifest
+    # is a rerun trigger.
     prepare_to_files(
-        snakemake.wildcards.dataset,
-        snakemake.config,
+        name,
+        {"datasets": {name: snakemake.params.dataset}, "seed": snakemake.params.seed},
         snakemake.output.manifest,
         snakemake.output.report,
         snakemake.output.skipped,

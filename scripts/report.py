@@ -16,16 +16,21 @@ if __name__ == "__main__":
     build_report(
         results=pd.concat([pd.read_parquet(p) for p in inputs.retrieval], ignore_index=True),
         geometry=load_units(inputs.geometry),
-        significance=pd.read_parquet(inputs.significance),
+        paired=pd.read_parquet(inputs.paired),
         tables_dir=Path(snakemake.output.tables),
         report_path=Path(snakemake.output.report),
         figures={
             "Figures: t-SNE grid; precision@K upper bounds": list(inputs.figures),
             "Figures per dataset and encoder (t-SNE, cosines, retrieval examples, gap "
-            "shift, MLP ablation)": unit_figures,
+            "shift, MLP ablation, recall@K curves)": unit_figures,
         },
         alignment=load_units(inputs.alignment),
         gap_shift=pd.concat([pd.read_parquet(p) for p in inputs.gap_shift], ignore_index=True),
+        queries={
+            (Path(p).parent.parent.name, Path(p).parent.name): pd.read_parquet(p)
+            for p in inputs.queries
+        },
+        hubness=pd.concat([pd.read_parquet(p) for p in inputs.hubness], ignore_index=True),
         ablation=pd.concat([pd.read_parquet(p) for p in inputs.ablation], ignore_index=True)
         if inputs.ablation
         else None,

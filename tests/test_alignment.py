@@ -6,13 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from mmalign.alignment import (
     AlignmentOptions,
     Grams,
     alignment_measures,
     cknna,
+    half_sample_subsets,
     hsic_unbiased,
+    jackknife_intervals,
+    knn_mask,
     linear_cka,
     measure_functions,
     mutual_knn,
@@ -148,9 +152,89 @@ def test_baseline_and_measures_are_seeded_and_read_against_chance() -> None:
     assert related["n_items"] == 200 and (related["dim_text"], related["dim_image"]) == (24, 64)
     tiny = alignment_measures(text[:5], image[:5], opts, seed=0)
     assert tiny["note"].startswith("n/a: 5 pairs") and tiny["cka"] is None
+    assert related["interval"].startswith("95% delete-d jackknife (Shao & Wu 1989) over 30 ")
+    assert (
+        "subsets of m = 100 of the n = 200 items without replacement (d = 100)"
+        in (related["interval"])
+    )
     unrelated = alignment_measures(text, rng(5).normal(size=(300, 64)), opts, seed=0)
     for name in ("cka", "mutual_knn", "cknna"):
         m = related[name]
-        assert m["ci_low"] <= m["value"] <= m["ci_high"], name
+        assert m["ci_low"] < m["value"] < m["ci_high"], name
+        assert m["ci_subsets"] == 30 and m["se"] > 0, name
         assert m["z"] > 10 and m["value"] > m["chance_mean"] + 0.2, name
         assert abs(unrelated[name]["z"]) < 4, name
+
+
+def mutual_knn_reference(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Literal loops: each item's k nearest by cosine (ties to the lower index)."""
+
+    def neighbours(a: np.ndarray) -> list[set[int]]:
+        unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+        g = unit @ unit.T
+        return [set(sorted((j for j in range(len(a)) if j != i), key=lambda j: (-g[i, j], j))[:k])
+                for i in range(len(a))]  # fmt: skip
+
+    return float(
+        np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y), strict=True)])
+    )
+
+
+def test_knn_mask_equals_a_stable_sort_with_ties_and_in_batches() -> None:
+    """The partition-based mask against argsort(kind="stable"): ties (rounded values,
+    duplicated items) go to the lower index, per matrix of a batch."""
+    sims = np.round(rng().normal(size=(6, 30, 30)), 1)
+    sims[:, :, 4] = sims[:, :, 9]  # items 4 and 9 equally similar to everyone
+    for k in (1, 3, 10, 29):
+        expected = np.zeros(sims.shape, dtype=bool)
+        for b, s in enumerate(sims):
+            s = s.copy()
+            np.fill_diagonal(s, -np.inf)
+            for i, row in enumerate(np.argsort(-s, axis=1, kind="stable")[:, :k]):
+                expected[b, i, row] = True
+        assert np.array_equal(knn_mask(sims, k), expected), k
+        assert np.array_equal(knn_mask(sims[2], k), expected[2]), k
+
+
+def test_half_samples_hold_each_item_at_most_once() -> None:
+    subsets = half_sample_subsets(101, 50, seed=3)
+    assert subsets.shape == (50, 51)  # m = n - floor(n / 2)
+    assert all(len(set(row)) == 51 and np.all(np.diff(row) > 0) for row in subsets)
+    assert np.array_equal(subsets, half_sample_subsets(101, 50, seed=3))
+    assert len({tuple(row) for row in subsets}) == 50
+
+
+def test_jackknife_equals_a_loop_over_the_subsets_with_reference_measures() -> None:
+    """SE^2 = (m / d) var(subset values), value -/+ t(0.975, S - 1) SE, each subset's
+    value from the literal references (explicit centring matrix, loops)."""
+    n, k, subsets = 31, 4, 12
+    x = rng().normal(size=(n, 5))
+    y = x @ rng(1).normal(size=(5, 7)) + 0.8 * rng(2).normal(size=(n, 7))
+    found = jackknife_intervals(Grams.of(x, y), k, False, subsets, seed=7)
+    references = {"cka": lambda a, b: cka_reference(a, b),
+                  "mutual_knn": lambda a, b: mutual_knn_reference(a, b, k),
+                  "cknna": lambda a, b: cknna_reference(a, b, k)}  # fmt: skip
+    m, d = 16, 15
+    for name, reference in references.items():
+        values = [reference(x[r], y[r]) for r in half_sample_subsets(n, subsets, seed=7)]
+        se = np.sqrt(m / d * np.var(values, ddof=1))
+        half = stats.t.ppf(0.975, subsets - 1) * se
+        value = reference(x, y)
+        jk = found[name]
+        assert (jk.value, jk.se, jk.subsets) == pytest.approx((value, se, subsets), rel=1e-8)
+        assert (jk.low, jk.high) == pytest.approx((value - half, value + half), rel=1e-8)
+    assert np.isnan(jackknife_intervals(Grams.of(x, y), 20, True, subsets, 7)["cknna"].se)
+    assert np.isnan(jackknife_intervals(Grams.of(x, y), k, True, 1, 7)["cka"].low)
+
+
+def test_permutation_values_equal_one_reference_per_permutation() -> None:
+    x, y = rng().normal(size=(40, 6)), rng(1).normal(size=(40, 9))
+    grams = Grams.of(x, y)
+    perms = np.random.default_rng(4)
+    expected = [cka_reference(x, y[perms.permutation(40)]) for _ in range(5)]
+    found = permutation_values(measure_functions(5, False)["cka"], grams, 5, seed=4)
+    assert found == pytest.approx(expected, rel=1e-9)
+    perms = np.random.default_rng(4)
+    expected = [mutual_knn_reference(x, y[perms.permutation(40)], 5) for _ in range(5)]
+    found = permutation_values(measure_functions(5, False)["mutual_knn"], grams, 5, seed=4)
+    assert found == pytest.approx(expected, rel=1e-12)

@@ -27,7 +27,13 @@ def test_defaults_are_filled() -> None:
     config = validate_config(minimal())
     toy = config["datasets"]["toy"]
     assert toy["captions"] == "first"
-    assert toy["splits"] == {"source": "random", "train": 0.8, "val": 0.1, "test": 0.1}
+    assert toy["splits"] == {
+        "source": "random",
+        "eval_source": "split",
+        "train": 0.8,
+        "val": 0.1,
+        "test": 0.1,
+    }
     assert toy["captions_file"] == "captions.csv"
     assert config["encoders"]["clip"]["preprocess"] == "model"
 
@@ -93,3 +99,58 @@ def test_config_hash_ignores_key_order() -> None:
     assert config_hash(a) == config_hash(b)
     b["seed"] = 1
     assert config_hash(a) != config_hash(b)
+
+
+def test_paper_config_reaches_table_5() -> None:
+    """Table 5: Flickr30K's Karpathy 1K test split with every caption, fp32 features;
+    the learned stage keeps the seeded random split over 20K pairs."""
+    config = load_config(str(ROOT / "configs/paper.yaml"))
+    flickr = config["datasets"]["flickr30k"]
+    assert flickr["captions"] == "all" and flickr["captions_file"].endswith(".json")
+    assert flickr["splits"]["eval_source"] == "dataset" and flickr["splits"]["source"] == "random"
+    assert "multicaption" in config["retrieval"]["protocols"]
+    assert config["retrieval"]["multicaption_split"] == "test"
+    assert config["embed"]["amp"] is False
+    assert config["learn"]["max_pairs"] == 20000
+    assert [flickr["splits"][s] for s in ("train", "val", "test")] == [0.8, 0.1, 0.1]
+
+
+def test_multicaption_with_one_caption_everywhere_names_the_keys() -> None:
+    config = minimal()
+    config["retrieval"] = {"protocols": ["subset", "multicaption"]}
+    with pytest.raises(
+        ConfigError,
+        match=r"retrieval\.protocols: 'multicaption'.*datasets\.toy\.captions is 'first'.*0\.2",
+    ):
+        validate_config(copy.deepcopy(config))
+    config["datasets"]["toy"]["captions"] = "all"
+    assert validate_config(config)["retrieval"]["protocols"] == ["subset", "multicaption"]
+    # One dataset with every caption is enough; the others get n/a rows at retrieval.
+    config["datasets"]["other"] = {"kind": "folder", "root": "x"}
+    validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "key", "message"),
+    [
+        ({"kind": "coco", "root": "c"}, "source", r"COCO's captions_\*\.json has no split"),
+        ({"kind": "imdb", "root": "i"}, "eval_source", r"the IMDB CSV has no split column"),
+        ({"kind": "openclipart"}, "source", r"OpenClipArt library has no split"),
+        ({"kind": "flickr30k", "root": "f"}, "eval_source", r"'results\.csv' is Kaggle's"),
+    ],
+)
+def test_dataset_split_where_the_format_has_none(dataset: dict, key: str, message: str) -> None:
+    config = minimal()
+    config["datasets"]["toy"] = {**dataset, "splits": {key: "dataset"}}
+    with pytest.raises(ConfigError, match=rf"datasets\.toy\.splits\.{key}: 'dataset'.*{message}"):
+        validate_config(config)
+
+
+def test_dataset_split_where_the_format_can_have_one() -> None:
+    config = minimal()
+    config["datasets"]["toy"]["splits"] = {"source": "dataset", "eval_source": "dataset"}
+    config["datasets"]["f"] = {
+        "kind": "flickr30k", "root": "f", "captions_file": "dataset_flickr30k.JSON",
+        "splits": {"eval_source": "dataset"},
+    }  # fmt: skip
+    validate_config(config)

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmalign.config import validate_config
+from mmalign.config import ConfigError, validate_config
 from mmalign.datasets import DatasetError, PrepareReport, folder, prepare_dataset
+from mmalign.datasets.base import assign_splits
 from mmalign.datasets.folder import resolve
 
 GARBAGE = b"\x00\x01 this is not an image \xff\xfe"
@@ -412,10 +413,80 @@ def test_karpathy_json_keeps_the_files_splits(tmp_path: Path) -> None:
     assert list(test["image_id"].unique()) == ["1000268201"] and len(test) == 5
 
 
+def test_karpathy_test_split_is_the_eval_split_and_split_stays_random(tmp_path: Path) -> None:
+    """configs/paper.yaml's Flickr30K: eval_split is Karpathy's, split the seeded random one."""
+    cfg, _ = build_karpathy(tmp_path)
+    splits = {"source": "random", "eval_source": "dataset", "train": 1, "val": 1, "test": 2}
+    manifest, summary, _ = prepare(dataset_cfg(**cfg, captions="all", splits=splits))
+    per_image = manifest.drop_duplicates("image_id").set_index("image_id")
+    assert per_image["eval_split"].to_dict() == {
+        "1000092795": "train", "10002456": "val", "1000268201": "test", "1000344755": "train",
+    }  # fmt: skip
+    ids = sorted(name[:-4] for name, _ in KARPATHY)
+    assert per_image["split"].to_dict() == assign_splits(ids, (1, 1, 2), seed=0)
+    assert summary["eval_splits"] == {"train": 2, "val": 1, "test": 1}
+    assert summary["splits"] == {"train": 1, "val": 1, "test": 2}
+    evaluated = manifest[manifest["eval_split"] == "test"]
+    assert evaluated["caption_idx"].tolist() == [0, 1, 2, 3, 4]
+
+
 def test_flickr_csv_has_no_dataset_split(tmp_path: Path) -> None:
     cfg, _ = build_flickr_csv(tmp_path)
-    with pytest.raises(DatasetError, match=r"results\.csv:\d+: split source is 'dataset'"):
-        prepare(dataset_cfg(**cfg, splits={"source": "dataset"}))
+    for key in ("source", "eval_source"):
+        with pytest.raises(ConfigError, match=rf"splits\.{key}: 'dataset'.*Kaggle's results"):
+            dataset_cfg(**cfg, splits={key: "dataset"})
+        # Past the config check (a config that skipped it), the adapter still refuses.
+        unchecked = dataset_cfg(**cfg)
+        unchecked["splits"][key] = "dataset"
+        with pytest.raises(DatasetError, match=rf"results\.csv:\d+: splits\.{key} is 'dataset'"):
+            prepare(unchecked)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_folder_split_column_is_the_files_split(tmp_path: Path, fmt: str) -> None:
+    write_image(tmp_path / "a.jpg", 0)
+    write_image(tmp_path / "b.jpg", 1)
+    write_image(tmp_path / "c.jpg", 2)
+    rows = [
+        {"image": "a.jpg", "caption": "A one.", "split": "test"},
+        {"image": "a.jpg", "caption": "A two.", "split": "test"},
+        {"image": "b.jpg", "caption": "B one.", "split": "train"},
+        {"image": "c.jpg", "caption": "C one.", "split": ""},
+    ]
+    name = f"captions.{fmt}"
+    if fmt == "csv":
+        (tmp_path / name).write_text(pd.DataFrame(rows).to_csv(index=False))
+    else:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"kind": "folder", "root": str(tmp_path), "captions_file": name, "captions": "all"}
+    records = folder.read(dataset_cfg(**cfg), PrepareReport("d"))
+    assert [(r.image_id, r.split) for r in records] == [
+        ("a.jpg", "test"), ("b.jpg", "train"), ("c.jpg", None),
+    ]  # fmt: skip
+    # c.jpg has no split: eval_source: dataset refuses, naming the row and the key.
+    with pytest.raises(DatasetError, match=rf"{name}:\d: splits\.eval_source is 'dataset'"):
+        prepare(dataset_cfg(**cfg, splits={"eval_source": "dataset"}))
+    rows[3]["split"] = "val"
+    if fmt == "csv":
+        (tmp_path / name).write_text(pd.DataFrame(rows).to_csv(index=False))
+    else:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest, _, _ = prepare(dataset_cfg(**cfg, splits={"eval_source": "dataset"}))
+    assert manifest["eval_split"].tolist() == ["test", "test", "train", "val"]
+
+
+def test_folder_conflicting_split_is_bad_input(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.jpg", 0)
+    (tmp_path / "captions.csv").write_text(
+        "image,caption,split\na.jpg,A one.,test\na.jpg,A two.,train\n"
+    )
+    cfg = dataset_cfg(kind="folder", root=str(tmp_path), captions="all")
+    with pytest.raises(DatasetError, match=r"captions\.csv:3: conflicting split: .*'train' here "
+                       r"but 'test' at .*captions\.csv:2"):  # fmt: skip
+        prepare(cfg)
+    manifest, summary, _ = prepare({**cfg, "on_bad_input": "skip"})
+    assert summary["skipped"] == {"conflicting_split": 1}
+    assert manifest["caption"].tolist() == ["A one."]
 
 
 def test_coco_captions_ordered_by_annotation_id(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from mmalign.embed import Embeddings
 from mmalign.gapshift import GapShiftOptions, centroid_delta, shift, sweep, verdict
+from mmalign.learn.common import PairSplit
 from mmalign.retrieval import RetrievalOptions, build_protocol, score_protocol
 from tests.test_retrieval import embeddings
 
@@ -82,14 +83,15 @@ def test_sweep_rows_gaps_and_cosines() -> None:
 def test_mismatched_dimensions_are_na_rows_with_a_note_and_the_aligned_space_is_swept() -> None:
     emb = gapped()
     wide = Embeddings(np.hstack([emb.image, emb.image]), emb.text, emb.images, emb.texts, {})
-    aligned = (emb.text[:20], emb.image[:20] + 1.0)  # 8-d pairs standing in for the heads' space
+    rows = np.arange(20)  # 8-d pairs standing in for the heads' space
+    aligned = PairSplit(emb.text[:20], emb.image[:20] + 1.0, rows, rows)
     frame = sweep(wide, GapShiftOptions(lambdas=(0.0, 1.0)), ROPTS, LABEL, aligned)
     raw, heads = frame[frame["space"] == "raw"], frame[frame["space"] == "test_align"]
     assert raw["value"].isna().all() and (raw["note"].str.contains("16-d")).all()
     assert verdict(raw) == {}
     assert heads["value"].notna().all() and (heads.query("measure == 'hit'")["k"] > 0).all()
     gaps = heads.groupby("lambda")["gap"].first()
-    expected = np.linalg.norm(aligned[1].mean(0) - aligned[0].mean(0))
+    expected = np.linalg.norm(aligned.image.mean(0) - aligned.text.mean(0))
     assert gaps[0.0] == pytest.approx(expected, rel=1e-5) and gaps[1.0] < 1e-5
     with pytest.raises(ValueError, match="one space"):
         verdict(frame)

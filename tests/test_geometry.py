@@ -24,6 +24,8 @@ from mmalign.geometry import (
     first_caption_rows,
     gaussian_w2,
     gaussian_w2_from_moments,
+    gaussian_w2_squared,
+    gaussian_w2_squared_from_moments,
     geometry_job,
     geometry_summary,
     matched_pairs,
@@ -33,6 +35,7 @@ from mmalign.geometry import (
     w2_batch_indices,
     wasserstein2,
     wasserstein2_batched,
+    wasserstein2_squared,
 )
 
 CFG = {
@@ -49,10 +52,14 @@ def clouds(n: int = 40, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return rng.normal(size=(n, d)), rng.normal(size=(n, d)) * 1.5 + 0.7
 
 
+def direct_emd2(x: np.ndarray, y: np.ndarray) -> float:
+    """The reference: POT's exact solver called as its documentation shows; its
+    value is the optimal cost under the squared Euclidean ground cost, W2^2."""
+    return float(ot.emd2(ot.unif(len(x)), ot.unif(len(y)), ot.dist(x, y), numItermax=10**7))
+
+
 def direct_w2(x: np.ndarray, y: np.ndarray) -> float:
-    """The reference: POT's exact solver called as its documentation shows."""
-    cost = ot.emd2(ot.unif(len(x)), ot.unif(len(y)), ot.dist(x, y), numItermax=10**7)
-    return float(np.sqrt(cost))
+    return float(np.sqrt(direct_emd2(x, y)))
 
 
 # ---------------------------------------------------------------- Wasserstein-2
@@ -63,6 +70,19 @@ def test_w2_equals_a_direct_emd2_call() -> None:
     assert wasserstein2(x, y) == pytest.approx(direct_w2(x, y), rel=1e-12)
     # Unequal sizes too (uniform weights 1/n and 1/m).
     assert wasserstein2(x[:30], y) == pytest.approx(direct_w2(x[:30], y), rel=1e-12)
+
+
+def test_squared_w2_is_the_raw_emd2_cost() -> None:
+    x, y = clouds()
+    assert wasserstein2_squared(x, y) == pytest.approx(direct_emd2(x, y), rel=1e-12)
+    assert wasserstein2_squared(x[:30], y) == pytest.approx(direct_emd2(x[:30], y), rel=1e-12)
+    # The cost by hand from POT's plan: sum_ij P_ij ||x_i - y_j||^2.
+    plan = ot.emd(ot.unif(len(x)), ot.unif(len(y)), ot.dist(x, y), numItermax=10**7)
+    by_hand = float(np.sum(plan * ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)))
+    assert wasserstein2_squared(x, y) == pytest.approx(by_hand, rel=1e-9)
+    # A rigid shift: W2^2 = |shift|^2 exactly.
+    shift = np.array([3.0, -4.0, 0.0, 1.0, 0.0])
+    assert wasserstein2_squared(x, x + shift) == pytest.approx(26.0, rel=1e-9)
 
 
 def test_w2_to_itself_is_zero_and_to_a_shift_is_its_norm() -> None:
@@ -86,6 +106,12 @@ def test_w2_batches_are_seeded_disjoint_pairs_and_match_direct_calls() -> None:
     assert result.values == pytest.approx(expected, rel=1e-12)
     assert result.mean == pytest.approx(np.mean(expected))
     assert result.std == pytest.approx(np.std(expected))
+    # The raw emd2 costs, summarised on their own (not the square of the W2 mean).
+    costs = [direct_emd2(x[b], y[b]) for b in batches]
+    assert result.squared_values == pytest.approx(costs, rel=1e-12)
+    assert result.squared_mean == pytest.approx(np.mean(costs))
+    assert result.squared_std == pytest.approx(np.std(costs))
+    assert result.squared_mean != pytest.approx(result.mean**2, rel=1e-6)
     # More batches than one permutation holds: a fresh permutation, same size.
     assert [len(b) for b in w2_batch_indices(90, 40, 5, seed=7)] == [40] * 5
 
@@ -151,6 +177,10 @@ def test_gaussian_w2_closed_forms() -> None:
     cross = scipy.linalg.sqrtm(root2 @ cov1 @ root2)
     reference = np.sqrt(np.sum((mean1 - mean2) ** 2) + np.trace(cov1 + cov2 - 2 * np.real(cross)))
     assert gaussian_w2_from_moments(mean1, cov1, mean2, cov2) == pytest.approx(reference)
+    squared = gaussian_w2_squared_from_moments(mean1, cov1, mean2, cov2)
+    assert squared == pytest.approx(reference**2)
+    iso_squared = gaussian_w2_squared_from_moments(mean1, 4.0 * np.eye(d), mean2, 9.0 * np.eye(d))
+    assert iso_squared == pytest.approx(9.0 + d * (2.0 - 3.0) ** 2)
 
 
 def test_gaussian_w2_of_samples_and_of_rank_deficient_clouds() -> None:
@@ -159,6 +189,7 @@ def test_gaussian_w2_of_samples_and_of_rank_deficient_clouds() -> None:
         x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
     )
     assert gaussian_w2(x, y) == pytest.approx(expected)
+    assert gaussian_w2_squared(x, y) == pytest.approx(expected**2)
     # Fewer points than dimensions: singular covariances, tiny negative
     # eigenvalues from rounding; the distance is still finite and 0 to itself.
     thin, _ = clouds(n=5, d=20)
@@ -244,7 +275,9 @@ def test_a_dimension_mismatch_gives_nulls_with_a_note() -> None:
         rng.normal(size=(10, 1280)), rng.normal(size=(10, 384)), np.arange(10), np.arange(10)
     )
     summary = geometry_summary(pairs, GeometryConfig(), seed=0)
-    for key in ("modality_gap", "w2_mean", "w2_std", "w2_batches", "w2_gaussian", "cosine"):
+    for key in ("modality_gap", "w2_mean", "w2_std", "w2_batches", "w2_gaussian", "cosine",
+                "w2_squared_mean", "w2_squared_std", "w2_squared_batches",
+                "w2_gaussian_squared"):  # fmt: skip
         assert summary[key] is None
     assert summary["dims"] == {"image": 1280, "text": 384}
     assert "image 1280-d vs text 384-d" in summary["notes"]["wasserstein2"]
@@ -356,7 +389,12 @@ def test_geometry_job_on_tiny_embeddings(studies: dict[str, Path]) -> None:
     assert written["modality_gap"] == pytest.approx(modality_gap(pairs.image, pairs.text))
     assert written["w2_mean"] == pytest.approx(direct_w2(pairs.image, pairs.text), rel=1e-6)
     assert len(written["w2_batches"]) == 1 and written["w2_std"] == 0.0
+    cost = direct_emd2(pairs.image.astype(np.float64), pairs.text.astype(np.float64))
+    assert written["w2_squared_mean"] == pytest.approx(cost, rel=1e-9)
+    assert written["w2_squared_batches"] == pytest.approx([cost], rel=1e-9)
+    assert written["w2_squared_std"] == 0.0
     assert written["w2_gaussian"] == pytest.approx(gaussian_w2(pairs.image, pairs.text))
+    assert written["w2_gaussian_squared"] == pytest.approx(written["w2_gaussian"] ** 2)
     assert written["cosine"]["matching"]["mean"] > written["cosine"]["non_matching"]["mean"]
     assert 0.5 <= written["tsne_svm_accuracy"] <= 1.0
     points = pd.read_parquet(folder / "out" / "tsne.parquet")
@@ -364,7 +402,7 @@ def test_geometry_job_on_tiny_embeddings(studies: dict[str, Path]) -> None:
     assert_figures(folder / "out" / "figures")
     # Same config, same numbers (W2 timing aside).
     again = geometry_summary(pairs, GeometryConfig(**written["config"]), seed=0)
-    for key in ("modality_gap", "w2_batches", "w2_gaussian", "cosine"):
+    for key in ("modality_gap", "w2_batches", "w2_squared_batches", "w2_gaussian", "cosine"):
         assert again[key] == written[key]
 
 

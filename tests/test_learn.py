@@ -412,9 +412,11 @@ def test_learn_job_writes_its_outputs(tmp_path: Path, variant: str) -> None:
         name: tmp_path / "learn" / f"{variant}.{name}"
         for name in ("json", "parquet", "safetensors")
     }
+    learn = tmp_path / "learn"
     summary = learn_job(folder, variant, cfg, retrieval, 0, 1, out["json"], out["parquet"],
-                        out["safetensors"], tmp_path / "learn" / f"{variant}.trials.parquet",
-                        tmp_path / "learn" / f"{variant}.optuna", LABEL)  # fmt: skip
+                        out["safetensors"], learn / f"{variant}.trials.parquet",
+                        learn / f"{variant}.ranks.parquet", learn / f"{variant}.hubness.parquet",
+                        learn / f"{variant}.optuna", LABEL)  # fmt: skip
     on_disk = json.loads(out["json"].read_text())
     assert on_disk["config"]["learn"] == cfg
     assert on_disk["pairs"] == {"train": 24, "val": 8, "test": 8}
@@ -428,3 +430,14 @@ def test_learn_job_writes_its_outputs(tmp_path: Path, variant: str) -> None:
         assert summary["status"] == "ok" and rows["value"].notna().all()
         assert load_file(str(out["safetensors"]))
         assert len(pd.read_parquet(tmp_path / "learn" / f"{variant}.trials.parquet")) >= 1
+        # One row per test query, direction and metric, the rows' hit@1 from the ranks.
+        ranks = pd.read_parquet(learn / f"{variant}.ranks.parquet")
+        scored = rows[rows["value"].notna()]
+        assert len(ranks) == 8 * scored.groupby(["direction", "metric"]).ngroups
+        hit1 = scored[(scored["measure"] == "hit") & (scored["k"] == 1)]
+        recomputed = (ranks["rank"] == 1).groupby([ranks["direction"], ranks["metric"]]).mean()
+        assert hit1.set_index(["direction", "metric"])["value"].to_dict() == pytest.approx(
+            recomputed.to_dict()
+        )
+        hubness = pd.read_parquet(learn / f"{variant}.hubness.parquet")
+        assert (hubness["n_gallery"] == 8).all() and len(hubness) == len(recomputed)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import mmalign.learn.ablation as ablation
 import mmalign.learn.mlp as mlp
-from mmalign.learn.ablation import AblationOptions, run_ablation, variants
-from mmalign.learn.mlp import MLPOptions, contrastive_loss
+from mmalign.learn.ablation import AblationOptions, recipes, run_ablation, variants
+from mmalign.learn.common import TrainHistory
+from mmalign.learn.mlp import MLPOptions, SimilarityMLP, contrastive_loss, train_mlp
 from mmalign.plots import mlp_ablation_figure, save_figure
 from mmalign.retrieval import RetrievalOptions
 
@@ -42,7 +45,7 @@ def test_each_variant_changes_only_what_it_names() -> None:
         a, b = dataclasses.asdict(paper), dataclasses.asdict(found[name].opts)
         return {k for k in a if a[k] != b[k]}
 
-    converge = {"max_epochs", "patience", "min_delta"}
+    converge = {"max_epochs", "patience", "min_delta", "stop_against"}
     assert changed("no_schedule") == {"lr_schedule"}
     assert changed("negatives_3") == {"negatives"}
     assert changed("converge") == converge
@@ -50,6 +53,68 @@ def test_each_variant_changes_only_what_it_names() -> None:
     assert changed("balanced") == {"balanced"}
     assert changed("balanced_converge") == converge | {"lr_schedule", "balanced"}
     assert changed("mse") == set() and found["mse"].loss == "mse"
+    assert found["converge"].opts.stop_against == "best" and paper.stop_against == "previous"
+
+
+def recipe_factors(variant_name: str, direction: str) -> dict[str, object]:
+    """Everything one direction's MLP of a variant is trained with: loss, anchor, options."""
+    recipe = recipes({v.name: v for v in variants(BASE, OPTS)}[variant_name])[direction]
+    return {"loss": recipe.loss, "anchor": recipe.anchor, **dataclasses.asdict(recipe.opts)}
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_mse_differs_from_paper_in_the_loss_only_in_each_direction(direction: str) -> None:
+    paper, mse = recipe_factors("paper", direction), recipe_factors("mse", direction)
+    assert {k for k in paper if paper[k] != mse[k]} == {"loss"}
+    # Each direction's MLP is anchored on its query side, as the paper trains it.
+    assert paper["anchor"] == mse["anchor"] == direction
+
+
+def test_the_run_trains_what_the_recipes_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded calls of train_mlp: per direction, ``mse`` differs from ``paper`` in
+    the loss only (same anchor, options and seed)."""
+    calls: dict[tuple[str, int], tuple[object, ...]] = {}
+
+    def recording(*args: Any) -> tuple[SimilarityMLP, TrainHistory]:
+        splits, hidden, loss, anchor, opts, seed, val_seed, _ = args
+        calls[(loss, len(calls))] = (anchor, opts, seed, val_seed, tuple(hidden))
+        # Untrained and one fake epoch: only what the run asks for is under test.
+        model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden)
+        return model.eval(), TrainHistory([1.0], [1.0], best_epoch=0)
+
+    monkeypatch.setattr(ablation, "train_mlp", recording)
+    one = dataclasses.replace(OPTS, negatives=(1,))  # paper, no_schedule, converge... mse
+    rows, curves = run_ablation(tiny(), BASE, one, ROPTS, 0, CPU, LABEL)
+    names = [v.name for v in variants(BASE, one)]
+    per_variant = [list(calls.values())[2 * i : 2 * i + 2] for i in range(len(names))]
+    assert len(calls) == 2 * len(names)  # two MLPs for every variant, mse too
+    paper, mse = per_variant[names.index("paper")], per_variant[names.index("mse")]
+    assert [c[0] for c in mse] == ["t2i", "i2t"]
+    assert mse == paper  # anchor, options, seeds, architecture: all the same
+    assert [loss for loss, _ in list(calls)[-2:]] == ["mse", "mse"]
+    assert set(curves.loc[curves["variant"] == "mse", "direction"]) == {"t2i", "i2t"}
+    assert rows.loc[rows["metric"] == "mlp_ablation:mse", "value"].notna().all()
+
+
+def test_converge_stops_on_no_better_than_the_best(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made validation-loss sequence through train_mlp with the `converge`
+    options (patience 3, min_delta 0): the best is 0.79 at epoch 4; epochs 5-7
+    (0.85, 0.80, 0.82) are no better than it, so training stops after epoch 7
+    and keeps epoch 4. The paper's previous-epoch rule would run on: 0.80 and
+    0.81 each beat the epoch before them."""
+    losses = [1.0, 0.8, 0.9, 0.79, 0.85, 0.80, 0.82, 0.81, 0.78, 0.77]
+    seen = iter(losses)
+    monkeypatch.setattr(mlp, "validation_loss", lambda *args, **kw: next(seen))
+    opts = dataclasses.replace(OPTS, converge_epochs=len(losses), converge_patience=3)
+    converge = {v.name: v for v in variants(BASE, opts)}["converge"].opts
+    _, history = train_mlp(tiny(), [8], "contrastive", "t2i", converge, 0, 1, CPU)
+    assert history.val_losses == losses[:7] and history.best_epoch == 3
+    assert history.stopped_early
+    # The same sequence under the paper's rule with the same patience and min_delta.
+    seen = iter(losses)
+    previous = dataclasses.replace(converge, stop_against="previous")
+    _, history = train_mlp(tiny(), [8], "contrastive", "t2i", previous, 0, 1, CPU)
+    assert history.val_losses == losses and history.best_epoch == 9
 
 
 def test_balanced_weighting_by_hand() -> None:

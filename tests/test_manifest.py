@@ -69,15 +69,50 @@ def test_max_images_is_a_seeded_subset(tmp_path: Path) -> None:
     assert set(a["image_id"]) != set(c["image_id"])
 
 
-def test_dataset_splits_are_kept(tmp_path: Path) -> None:
-    recs = [
-        RawImage(r.image_id, r.image_path, r.captions, r.where, "test" if i < 5 else "train")
+def file_split(i: int) -> str:
+    """The split a fixture file gives image ``i``: 0-4 test, 5-7 val, the rest train."""
+    return "test" if i < 5 else "val" if i < 8 else "train"
+
+
+def with_file_splits(tmp_path: Path) -> list[RawImage]:
+    return [
+        RawImage(r.image_id, r.image_path, r.captions, r.where, file_split(i))
         for i, r in enumerate(records(tmp_path))
     ]
-    manifest, _ = build(recs, split_source="dataset")
+
+
+def test_dataset_splits_are_kept(tmp_path: Path) -> None:
+    manifest, _ = build(with_file_splits(tmp_path), split_source="dataset")
     assert (manifest.set_index("image_id").loc[["img00", "img04"], "split"] == "test").all()
-    with pytest.raises(DatasetError, match="split source is 'dataset'"):
+    assert manifest["eval_split"].equals(manifest["split"])  # eval_source: split copies it
+    with pytest.raises(DatasetError, match=r"splits\.source is 'dataset'.*splits\.source: random"):
         build(records(tmp_path), split_source="dataset")
+    with pytest.raises(DatasetError, match=r"splits\.eval_source is 'dataset'.*eval_source: split"):
+        build(records(tmp_path), eval_source="dataset")
+
+
+def test_eval_split_is_the_files_and_split_stays_random(tmp_path: Path) -> None:
+    """Karpathy's layout: the file's split fills eval_split, and split is the
+    seeded random one, exactly as assign_splits draws it (not the file's)."""
+    manifest, report = build(with_file_splits(tmp_path), captions="all", eval_source="dataset")
+    per_image = manifest.drop_duplicates("image_id").set_index("image_id")
+    assert per_image["eval_split"].to_dict() == {f"img{i:02d}": file_split(i) for i in range(20)}
+    expected = assign_splits([f"img{i:02d}" for i in range(20)], (0.8, 0.1, 0.1), seed=0)
+    assert per_image["split"].to_dict() == expected
+    assert (per_image["split"] != per_image["eval_split"]).any()
+    # Constant over each image's captions.
+    assert manifest.groupby("image_id")[["split", "eval_split"]].nunique().eq(1).all().all()
+    summary = report.to_dict(manifest)
+    assert summary["eval_splits"] == {"train": 12, "val": 3, "test": 5}
+    assert summary["splits"] == {"train": 16, "val": 2, "test": 2}
+
+
+def test_a_changed_seed_changes_split_but_not_the_files_eval_split(tmp_path: Path) -> None:
+    recs = with_file_splits(tmp_path)
+    a, _ = build(recs, eval_source="dataset", seed=0)
+    b, _ = build(recs, eval_source="dataset", seed=1)
+    assert (a["split"] != b["split"]).any()
+    assert a["eval_split"].equals(b["eval_split"])
 
 
 @pytest.mark.parametrize(

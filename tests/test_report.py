@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mmalign.report import build_report, markdown_table, percent
+from mmalign.stats import paired_comparisons
 
 
 def results() -> pd.DataFrame:
@@ -79,6 +80,9 @@ def test_report_tables_and_markdown(tmp_path: Path) -> None:
             "w2_mean": 60.74,
             "w2_std": 0.5,
             "w2_gaussian": 58.0,
+            "w2_squared_mean": 3689.6,
+            "w2_squared_std": 60.7,
+            "w2_gaussian_squared": 3364.0,
             "modality_gap": 0.82,
         },
         ("imdb", "pair"): {
@@ -88,29 +92,19 @@ def test_report_tables_and_markdown(tmp_path: Path) -> None:
             "modality_gap": None,
         },
     }
-    significance = pd.DataFrame(
-        {
-            "dataset": ["imdb"],
-            "protocol": ["subset"],
-            "direction": ["t2i"],
-            "metric": ["cosine"],
-            "k": [1],
-            "encoder_a": ["clip"],
-            "encoder_b": ["pair"],
-            "hit_a": [0.84],
-            "hit_b": [0.001],
-            "n_a": [1000],
-            "n_b": [1000],
-            "chi2": [100.0],
-            "p_value": [1e-20],
-            "p_holm": [1e-20],
-            "significant": [True],
-        }
-    )
+    # Two encoders on the same 1,000 queries: clip hits 840, pair 1 (ranks by hand).
+    ranks = pd.concat([
+        pd.DataFrame({"dataset": "imdb", "encoder": encoder, "protocol": "subset",
+                      "direction": "t2i", "metric": "cosine", "query": np.arange(1000),
+                      "image_id": [f"im{i}" for i in range(1000)], "caption_idx": 0,
+                      "rank": np.where(np.arange(1000) < hits, 1, 50)})
+        for encoder, hits in (("clip", 840), ("pair", 1))
+    ])  # fmt: skip
+    paired = paired_comparisons(ranks, ks=(1,), n_boot=100)
     build_report(
         results(),
         geometry,
-        significance,
+        paired,
         tmp_path / "tables",
         tmp_path / "report.md",
         {"Figures": [str(figure)]},
@@ -133,11 +127,16 @@ def test_report_tables_and_markdown(tmp_path: Path) -> None:
     numbers = pd.read_csv(tables / "table3_t2i_hit.csv")
     assert list(numbers["metric"]) == ["cosine", "euclidean", "mlp_contrastive", "mlp_down"]
     t2 = (tables / "table2_geometry.md").read_text()
-    assert "60.74 ± 0.50" in t2 and "| imdb | pair | n/a | n/a | n/a |" in t2
+    assert "60.74 ± 0.50" in t2 and "| imdb | pair | n/a | n/a | n/a | n/a | n/a |" in t2
+    assert "| 3689.60 ± 60.70 | 3364.00 |" in t2
     report = (tmp_path / "report.md").read_text()
     assert "## Table 3: text-to-image hit@K" in report and "## Table 2" in report
     assert "seeded subset (1,000 pairs)" in report and "test split (400 pairs)" in report
     assert "![tsne_grid](figures/tsne_grid.png)" in report
+    significance = (tables / "significance.md").read_text()
+    # b - a = 0.1% - 84.0%; 839 discordant queries, all one way: McNemar chi2 cc.
+    assert "| imdb | subset | cosine | t2i | 1 | clip | pair | 84.0 | 0.1 | -83.9 [" in significance
+    assert "(chi2 cc)" in significance and "paired tests between encoders" in report
 
 
 def test_beyond_sections_alignment_and_gap_shift(tmp_path: Path) -> None:
@@ -159,7 +158,16 @@ def test_beyond_sections_alignment_and_gap_shift(tmp_path: Path) -> None:
                          "direction": "pairs", "measure": measure, "k": pd.NA, "value": v,
                          "ci_low": np.nan, "ci_high": np.nan, "note": ""})  # fmt: skip
     gap_shift = pd.DataFrame(rows).astype({"k": "Int64"})
-    build_report(results(), {}, pd.DataFrame(), tmp_path / "tables", tmp_path / "report.md", {},
+    # The same 100 queries at both gaps: 30 hits, then 60 (30 more, none lost).
+    ranks = pd.concat([
+        pd.DataFrame({"dataset": "imdb", "encoder": "clip", "protocol": "subset", "space": "raw",
+                      "lambda": lam, "direction": direction, "metric": "cosine",
+                      "query": np.arange(100), "image_id": [f"im{i}" for i in range(100)],
+                      "caption_idx": 0, "rank": np.where(np.arange(100) < hits, 1, 7)})
+        for lam, hits in ((0.0, 30), (1.0, 60)) for direction in ("t2i", "i2t")
+    ])  # fmt: skip
+    paired = paired_comparisons(ranks.iloc[:0], gap_shift=ranks, ks=(1,), n_boot=200)
+    build_report(results(), {}, paired, tmp_path / "tables", tmp_path / "report.md", {},
                  alignment=alignment, gap_shift=gap_shift)  # fmt: skip
     table = (tmp_path / "tables" / "beyond_alignment_measures.md").read_text()
     assert "| imdb | clip | raw | 1000 | 0.420 [0.410, 0.430] (chance 0.010) |" in table
@@ -170,5 +178,8 @@ def test_beyond_sections_alignment_and_gap_shift(tmp_path: Path) -> None:
     )
     assert "| imdb | clip | raw | 1.0 | 0.000 | 60.0 [55.0, 65.0] | 0.800 | 0.100 | 60.0" in shift
     report = (tmp_path / "report.md").read_text()
-    assert "t2i hit@1 30.0% at the original gap, 60.0% with the gap closed" in report
-    assert "So closing the gap raises hit@1 beyond the intervals." in report
+    closed = "t2i hit@1 30.0% at the original gap, 60.0% with the gap closed (Δ hit@1 = +30.0"
+    assert closed in report
+    # 30 discordant queries, all one way: chi2 cc = 29^2 / 30 = 28.0, p = 1.2e-07.
+    assert "McNemar (chi2 cc) p = 1.2e-07" in report
+    assert "So closing the gap raises hit@1 (paired, Holm p < 0.05)." in report

@@ -21,7 +21,6 @@ from mmalign.retrieval import (
     topk,
     topk_both_directions,
 )
-from mmalign.stats import pairwise_significance
 
 
 def reference_scores(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
@@ -161,9 +160,10 @@ def embeddings(n_images: int, captions: int, d: int = 8, noise: float = 0.05) ->
     ids = np.array([f"im{i}" for i in range(n_images)])
     texts = pd.DataFrame({
         "image_id": ids[image_row], "caption_idx": np.tile(np.arange(captions), n_images),
-        "split": split[image_row], "image_row": image_row,
+        "split": split[image_row], "eval_split": split[image_row], "image_row": image_row,
     })  # fmt: skip
-    return Embeddings(image, text, pd.DataFrame({"image_id": ids, "split": split}), texts, {})
+    images = pd.DataFrame({"image_id": ids, "split": split, "eval_split": split})
+    return Embeddings(image, text, images, texts, {})
 
 
 def test_multicaption_protocol_on_a_flickr_like_split() -> None:
@@ -210,25 +210,3 @@ def test_calibrated_cosines() -> None:
     assert cos[~np.eye(60, dtype=bool)].mean() < 0  # non-matching pairs: negative on average
     raw = 1 - cdist(shifted.text, shifted.image, "cosine")
     assert raw[~np.eye(60, dtype=bool)].mean() > 0.9
-
-
-def test_pairwise_significance_against_statsmodels_and_holm() -> None:
-    base = {"dataset": "d", "protocol": "subset", "direction": "t2i", "metric": "cosine",
-            "k": 1, "measure": "hit", "n_queries": 1000}  # fmt: skip
-    results = pd.DataFrame([
-        {**base, "encoder": "a", "value": 0.50},
-        {**base, "encoder": "b", "value": 0.48},
-        {**base, "encoder": "c", "value": 0.10},
-    ])  # fmt: skip
-    table = pairwise_significance(results).set_index(["encoder_a", "encoder_b"])
-    from scipy.stats import chi2_contingency
-
-    p = {}
-    for a, b in [("a", "b"), ("a", "c"), ("b", "c")]:
-        ha, hb = results.set_index("encoder").loc[[a, b], "value"] * 1000
-        p[a, b] = chi2_contingency([[ha, 1000 - ha], [hb, 1000 - hb]], correction=False).pvalue
-        assert table.loc[(a, b), "p_value"] == pytest.approx(p[a, b])
-    ordered = sorted(p.values())
-    holm = np.maximum.accumulate([min(1, v * (3 - i)) for i, v in enumerate(ordered)])
-    assert sorted(table["p_holm"]) == pytest.approx(list(holm))
-    assert not table.loc[("a", "b"), "significant"] and table.loc[("a", "c"), "significant"]

@@ -113,7 +113,9 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
 
     results = tmp_path / "results/openclipart"
     manifest = pd.read_parquet(results / "manifest.parquet")
-    assert list(manifest.columns) == ["image_id", "image_path", "caption", "caption_idx", "split"]
+    assert list(manifest.columns) == [
+        "image_id", "image_path", "caption", "caption_idx", "split", "eval_split"
+    ]  # fmt: skip
     assert len(manifest) == 9 and (manifest["split"].value_counts() == 3).all()
     report = json.loads((results / "prepare.json").read_text())
     assert report["pairs"] == 9 and report["skipped"]["symlink_duplicate"] == 1
@@ -156,7 +158,16 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     assert raw_fixed["note"].str.startswith("n/a: image 1280-d").all()
     # Alignment heads handle the 1280-d vs 384-d pair natively.
     assert raw.loc[raw["metric"] == "align", "value"].notna().any()
-    assert (tmp_path / "results/stats/significance.parquet").exists()
+    ranks = pd.read_parquet(results / "minilm_effnet_pca384/ranks.parquet")
+    assert set(ranks["protocol"]) == {"subset", "full", "learned_test"}
+    scored = fixed[(fixed["measure"] == "mrr") & fixed["value"].notna()]
+    assert len(ranks) == len(scored) * 9 + 2 * 3 * len(
+        set(retrieval.loc[retrieval["protocol"] == "learned_test", "metric"])
+    )
+    hubness = pd.read_parquet(results / "minilm_effnet_pca384/hubness.parquet")
+    assert (hubness["k"] == 10).all() and hubness["never_in_top_k"].between(0, 1).all()
+    paired = pd.read_parquet(tmp_path / "results/stats/paired.parquet")
+    assert {"encoders", "metrics", "gap_shift", "ablation"} <= set(paired["family"])
 
     geometry = json.loads((results / "minilm_effnet_pca384/geometry.json").read_text())
     assert geometry["modality_gap"] > 0

@@ -114,7 +114,60 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"{kind!r}{hint}; known kinds: {kinds}"
                 )
             _check(_kind_schema(schema, group, kind), entry, f"{section}.{name}")
+    check_dataset_splits(config)
+    check_multicaption(config)
     return config
+
+
+# Dataset kinds whose files never give a split of their own (flickr30k gives
+# one in Karpathy's JSON only; a folder's captions file may have a `split` column).
+NO_DATASET_SPLIT = {
+    "openclipart": "the OpenClipArt library has no split of its own",
+    "coco": "COCO's captions_*.json has no split of its own (the file is the split)",
+    "imdb": "the IMDB CSV has no split column",
+}
+
+
+def check_dataset_splits(config: dict[str, Any]) -> None:
+    """``splits.source`` / ``splits.eval_source: dataset`` only where the format can give
+    a split: never for openclipart, coco and imdb, and for flickr30k only from
+    Karpathy's JSON (``captions_file`` ending in ``.json``)."""
+    for name, dataset in config["datasets"].items():
+        kind, splits = dataset["kind"], dataset["splits"]
+        why = NO_DATASET_SPLIT.get(kind)
+        if kind == "flickr30k" and not str(dataset["captions_file"]).lower().endswith(".json"):
+            why = (
+                f"captions_file {dataset['captions_file']!r} is Kaggle's results.csv, which has "
+                "no split; Karpathy's dataset_flickr30k.json has one"
+            )
+        if why is None:
+            continue
+        for key, fallback in (("source", "random"), ("eval_source", "split")):
+            if splits[key] == "dataset":
+                raise ConfigError(
+                    f"invalid config:\n  datasets.{name}.splits.{key}: 'dataset' takes the split "
+                    f"the dataset's file gives, and {why}; use {key}: {fallback}"
+                )
+
+
+def check_multicaption(config: dict[str, Any]) -> None:
+    """``multicaption`` in ``retrieval.protocols`` needs a dataset with several captions
+    per image: with ``captions: first`` everywhere, every image has one caption and
+    image-to-text precision@5 could not exceed 0.2. (Whether a ``captions: all``
+    dataset really has several is known only after ``prepare``:
+    :func:`mmalign.datasets.base.multicaption_note` checks the embeddings.)"""
+    if "multicaption" not in config["retrieval"]["protocols"]:
+        return
+    if any(dataset["captions"] == "all" for dataset in config["datasets"].values()):
+        return
+    keys = ", ".join(f"datasets.{name}.captions" for name in sorted(config["datasets"]))
+    raise ConfigError(
+        "invalid config:\n  retrieval.protocols: 'multicaption' scores every caption of each "
+        f"image, but {keys} {'is' if len(config['datasets']) == 1 else 'are all'} 'first' "
+        "(one caption per image, so image-to-text precision@5 could not exceed 0.2); set "
+        "captions: all for a dataset with several captions per image, or remove "
+        "'multicaption' from retrieval.protocols"
+    )
 
 
 def load_config(path: str) -> dict[str, Any]:

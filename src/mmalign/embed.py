@@ -8,9 +8,10 @@ is written atomically, so a killed run resumes at the first missing shard.
 The merged embeddings folder holds, rows in manifest order:
 
 - ``image.npy`` (n_images x d_image float32) and ``images.parquet``
-  (``image_id, split``), one row per distinct image;
+  (``image_id, split, eval_split``), one row per distinct image;
 - ``text.npy`` (n_captions x d_text float32) and ``texts.parquet``
-  (``image_id, caption_idx, split, image_row``), one row per manifest row;
+  (``image_id, caption_idx, split, eval_split, image_row``), one row per
+  manifest row (the two splits: see :mod:`mmalign.datasets.base`);
   ``image_row`` is the row of the caption's image in ``image.npy``;
 - ``meta.json``: dimensions, throughput, and the config that produced them.
 """
@@ -36,6 +37,14 @@ from mmalign.io import atomic_path, write_json, write_parquet
 log = logging.getLogger(__name__)
 
 EMBEDDING_FILES = ("image.npy", "text.npy", "images.parquet", "texts.parquet", "meta.json")
+# The manifest's two split columns, carried into images.parquet and texts.parquet
+# (those of them a frame has: the manifest has both).
+SPLIT_COLUMNS = ("split", "eval_split")
+
+
+def split_columns(frame: pd.DataFrame) -> list[str]:
+    """The :data:`SPLIT_COLUMNS` that ``frame`` has, in that order."""
+    return [c for c in SPLIT_COLUMNS if c in frame.columns]
 
 
 class EmbeddingError(RuntimeError):
@@ -51,10 +60,11 @@ def parse_scatteritem(item: str) -> tuple[int, int]:
 def split_manifest(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(images, texts): distinct images in order of first appearance, and
     every caption with ``image_row``, the row of its image."""
-    images = manifest.drop_duplicates("image_id")[["image_id", "image_path", "split"]]
+    splits = split_columns(manifest)
+    images = manifest.drop_duplicates("image_id")[["image_id", "image_path", *splits]]
     images = images.reset_index(drop=True)
     row_of = pd.Series(np.arange(len(images)), index=images["image_id"])
-    texts = manifest[["image_id", "caption", "caption_idx", "split"]].reset_index(drop=True)
+    texts = manifest[["image_id", "caption", "caption_idx", *splits]].reset_index(drop=True)
     texts["image_row"] = row_of.loc[texts["image_id"]].to_numpy()
     return images, texts
 
@@ -271,9 +281,10 @@ def write_embeddings(
     for name, array in (("image.npy", image), ("text.npy", text)):
         with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array.astype(np.float32, copy=False))
-    write_parquet(images[["image_id", "split"]], out_dir / "images.parquet")
+    write_parquet(images[["image_id", *split_columns(images)]], out_dir / "images.parquet")
     write_parquet(
-        texts[["image_id", "caption_idx", "split", "image_row"]], out_dir / "texts.parquet"
+        texts[["image_id", "caption_idx", *split_columns(texts), "image_row"]],
+        out_dir / "texts.parquet",
     )
     write_json(meta, out_dir / "meta.json")
 

@@ -33,17 +33,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from mmalign.embed import Embeddings
 from mmalign.geometry import cosine_stats, l2_normalize, short_dimension_note
 from mmalign.io import write_parquet
+from mmalign.learn.common import PROTOCOL, PairSplit
 from mmalign.retrieval import (
+    QueryRanks,
     RetrievalOptions,
     Task,
     bootstrap,
     build_protocol,
     measures_per_query,
+    ranks_table,
     score_task,
+    write_ranks,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,10 @@ COLUMNS = [
     "ci_high",
     "note",
 ]
+
+
+# The label columns ``gap_shift.ranks.parquet`` has beyond ranks.parquet's.
+RANK_EXTRA = (("space", pa.string()), ("lambda", pa.float64()))
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,16 @@ def sweep_pairs(
     lambdas: tuple[float, ...],
     ropts: RetrievalOptions,
     base: dict[str, Any],
+    rows_of: tuple[np.ndarray, np.ndarray],
+    protocol: str,
+    sink: list[QueryRanks] | None = None,
 ) -> list[dict[str, Any]]:
     """The sweep on matched pairs ``text[i]`` <-> ``image[i]`` (equal dimensions):
     per lambda, cosine hit@K in both directions with its bootstrap interval, and
-    the mean matching / non-matching cosine (direction ``pairs``)."""
+    the mean matching / non-matching cosine (direction ``pairs``). ``rows_of``:
+    the pairs' (text rows, image rows) in the embeddings, which label the
+    per-query outcomes appended to ``sink`` (``protocol`` names where the pairs
+    come from)."""
     delta = centroid_delta(text, image)
     rows: list[dict[str, Any]] = []
     for lam in lambdas:
@@ -113,6 +128,11 @@ def sweep_pairs(
         row = {**base, "lambda": lam, "gap": float(np.linalg.norm(centroid_delta(t, i)))}
         for direction, task in (("t2i", Task.one_to_one(t, i)), ("i2t", Task.one_to_one(i, t))):
             ranks = score_task(task, "cosine", None, ropts)
+            if sink is not None:
+                label = {**base, "lambda": lam, "protocol": protocol, "direction": direction,
+                         "metric": "cosine"}  # fmt: skip
+                sides = rows_of if direction == "t2i" else rows_of[::-1]
+                sink.append(QueryRanks.of(label, task, ranks, *sides))
             per_query = measures_per_query(ranks, task.rel_ptr, list(ropts.ks))
             hits = {f"hit@{k}": per_query[f"hit@{k}"] for k in ropts.ks}
             for name, (value, low, high) in bootstrap(hits, ropts.bootstrap, ropts.seed).items():
@@ -134,12 +154,13 @@ def sweep(
     opts: GapShiftOptions,
     ropts: RetrievalOptions,
     label: dict[str, str],
-    aligned: tuple[np.ndarray, np.ndarray] | None = None,
+    aligned: PairSplit | None = None,
+    sink: list[QueryRanks] | None = None,
 ) -> pd.DataFrame:
     """Rows of :data:`COLUMNS`. Space ``raw``: the protocol's pairs of the
     embeddings (n/a rows with a note when the dimensions differ); space
-    ``test_align``: ``aligned`` = (texts, images) of the test split in the
-    alignment heads' shared space, when given."""
+    ``test_align``: ``aligned``, the test split in the alignment heads'
+    shared space, when given. Per-query outcomes go to ``sink``."""
     rows: list[dict[str, Any]] = []
     dim_image, dim_text = emb.image.shape[1], emb.text.shape[1]
     if dim_image != dim_text:
@@ -154,13 +175,16 @@ def sweep(
         image = np.asarray(emb.image[protocol.image_rows], np.float32)
         if opts.normalize:
             text, image = l2_normalize(text), l2_normalize(image)
-        rows += sweep_pairs(text, image, opts.lambdas, ropts, {**label, "space": "raw", "note": ""})
+        rows += sweep_pairs(text, image, opts.lambdas, ropts, {**label, "space": "raw", "note": ""},
+                            (protocol.text_rows, protocol.image_rows), opts.protocol,
+                            sink)  # fmt: skip
     if aligned is not None:
-        text, image = (np.asarray(a, np.float32) for a in aligned)
+        text, image = (np.asarray(a, np.float32) for a in (aligned.text, aligned.image))
         if opts.normalize:
             text, image = l2_normalize(text), l2_normalize(image)
         base = {**label, "space": "test_align", "note": ""}
-        rows += sweep_pairs(text, image, opts.lambdas, ropts, base)
+        rows += sweep_pairs(text, image, opts.lambdas, ropts, base,
+                            (aligned.text_rows, aligned.image_rows), PROTOCOL, sink)  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS).astype({"k": "Int64"})
 
 
@@ -211,10 +235,12 @@ def gap_shift_job(
     seed: int,
     threads: int,
     out_rows: str | Path,
+    out_ranks: str | Path,
     label: dict[str, str],
 ) -> pd.DataFrame:
     """The ``gap_shift`` rule: the sweep of the raw space and, when ``heads``
-    (the ``align`` variant's weights) is given, of the heads' shared space."""
+    (the ``align`` variant's weights) is given, of the heads' shared space;
+    the rows, and every query's ranks (:data:`RANK_EXTRA` columns added)."""
     import torch
 
     from mmalign.learn.align import aligned_test_split
@@ -223,9 +249,10 @@ def gap_shift_job(
     emb = Embeddings.load(embeddings_dir)
     aligned = None
     if heads:
-        _, test = aligned_test_split(emb, heads, learn_cfg, seed, where=str(embeddings_dir))
-        aligned = (test.text, test.image)
+        _, aligned = aligned_test_split(emb, heads, learn_cfg, seed, where=str(embeddings_dir))
     ropts = RetrievalOptions.from_config(retrieval_cfg, seed)
-    frame = sweep(emb, GapShiftOptions.from_config(cfg), ropts, label, aligned)
+    ranked: list[QueryRanks] = []
+    frame = sweep(emb, GapShiftOptions.from_config(cfg), ropts, label, aligned, ranked)
     write_parquet(frame, out_rows)
+    write_ranks(ranks_table(ranked, emb.texts, emb.images, RANK_EXTRA), out_ranks)
     return frame

@@ -8,11 +8,15 @@ Measures, each on *pairs* ``(image_i, text_i)`` of matched rows:
   paper) or on L2-normalised rows (Liang's definition);
 - the **Wasserstein-2 distance** between the image and the text point clouds
   (Table 2): exact optimal transport with POT's network simplex (``ot.emd2``),
-  squared Euclidean cost, uniform weights,
-  ``W2 = sqrt( min_P sum_ij P_ij ||x_i - y_j||^2 )``, averaged over seeded
-  random batches of pairs;
+  squared Euclidean cost, uniform weights. ``ot.emd2`` returns the optimal
+  cost itself, ``W2^2 = min_P sum_ij P_ij ||x_i - y_j||^2`` (squared units),
+  recorded as ``w2_squared_*``; its square root ``W2`` (the embeddings' units)
+  as ``w2_*``. Each is averaged over seeded random batches of pairs on its own
+  (so ``w2_squared_mean`` is the mean of the per-batch costs, not
+  ``w2_mean ** 2``);
 - the **Gaussian (Bures) W2** between Gaussians fitted to each cloud, in closed
-  form: ``W2^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S2^1/2 S1 S2^1/2)^1/2)``;
+  form: ``W2^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S2^1/2 S1 S2^1/2)^1/2)``,
+  recorded as ``w2_gaussian_squared`` and its square root as ``w2_gaussian``;
 - **cosine statistics**: matching pairs against non-matching ones (the "narrow
   cone": contrastive models put every pair at a high cosine) and, within each
   modality, the mean cosine between distinct items (the cone's width).
@@ -188,13 +192,14 @@ def emd_iteration_cap(n: int, m: int) -> int:
     return max(1_000_000, 100 * n * m)
 
 
-def wasserstein2(x: np.ndarray, y: np.ndarray, num_itermax: int | None = None) -> float:
-    """Exact W2 between two uniform point clouds, in the embeddings' units.
+def wasserstein2_squared(x: np.ndarray, y: np.ndarray, num_itermax: int | None = None) -> float:
+    """Exact squared W2 between two uniform point clouds: the optimal transport
+    cost ``ot.emd2(a, b, C)`` itself, in squared units of the embeddings.
 
     ``x`` (n x d), ``y`` (m x d); cost ``C_ij = ||x_i - y_j||^2`` (``ot.dist``'s
-    default ``sqeuclidean``), weights ``1/n`` and ``1/m``, and
-    ``W2 = sqrt(ot.emd2(a, b, C))``. Raises :class:`GeometryError` when the
-    network simplex stops before optimality, rather than returning a bound.
+    default ``sqeuclidean``), weights ``a = 1/n`` and ``b = 1/m``. Raises
+    :class:`GeometryError` when the network simplex stops before optimality,
+    rather than returning a bound. A cost that rounds below 0 is returned as 0.
     """
     _require_same_space(x, y, "Wasserstein-2")
     x = np.asarray(x, dtype=np.float64)
@@ -213,14 +218,21 @@ def wasserstein2(x: np.ndarray, y: np.ndarray, num_itermax: int | None = None) -
             f"{len(y)} problem (numItermax={cap}, result code {info.get('result_code')}: "
             f"{info.get('warning')}); raise num_itermax or lower w2_batch_size"
         )
-    return math.sqrt(max(float(cost), 0.0))
+    return max(float(cost), 0.0)
+
+
+def wasserstein2(x: np.ndarray, y: np.ndarray, num_itermax: int | None = None) -> float:
+    """Exact W2 between two uniform point clouds, in the embeddings' units:
+    ``sqrt(ot.emd2(a, b, C))``, the square root of :func:`wasserstein2_squared`."""
+    return math.sqrt(wasserstein2_squared(x, y, num_itermax))
 
 
 def _wasserstein2_worker(x: np.ndarray, y: np.ndarray, num_itermax: int | None) -> float:
+    """The squared W2 (the emd2 cost) of one batch."""
     # One BLAS thread, in the pool and in-process alike: the parallelism is over
     # batches, and the cost matrix's rounding does not depend on the thread count.
     with threadpool_limits(limits=1):
-        return wasserstein2(x, y, num_itermax)
+        return wasserstein2_squared(x, y, num_itermax)
 
 
 @contextlib.contextmanager
@@ -265,13 +277,19 @@ def w2_batch_indices(n: int, batch_size: int, n_batches: int, seed: int) -> list
 
 @dataclass(frozen=True)
 class W2Batches:
-    """W2 over batches: ``mean`` and ``std`` (ddof 0) of ``values`` (one per batch)."""
+    """W2 over batches: ``mean`` and ``std`` (ddof 0) of ``values``, one W2 per
+    batch (the embeddings' units); ``squared_mean`` and ``squared_std`` (ddof 0)
+    of ``squared_values``, one emd2 cost (W2^2, squared units) per batch, with
+    ``values[k] = sqrt(squared_values[k])``."""
 
     mean: float
     std: float
     values: list[float]
     batch_size: int
     seconds: float
+    squared_mean: float
+    squared_std: float
+    squared_values: list[float]
 
 
 def wasserstein2_batched(
@@ -304,7 +322,7 @@ def wasserstein2_batched(
     start = time.perf_counter()
     n_workers = max(1, min(workers, len(batches)))
     if n_workers == 1:
-        values = [_wasserstein2_worker(x, y, cap) for x, y, cap in zip(xs, ys, caps, strict=True)]
+        costs = [_wasserstein2_worker(x, y, cap) for x, y, cap in zip(xs, ys, caps, strict=True)]
     else:
         # spawn: a clean interpreter per worker, safe whatever threads the parent runs.
         # The workers need POT's NumPy backend only; importing torch would cost seconds each.
@@ -312,24 +330,30 @@ def wasserstein2_batched(
             _environment(POT_BACKEND_DISABLE_PYTORCH="1"),
             ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool,
         ):
-            values = list(pool.map(_wasserstein2_worker, xs, ys, caps))
+            costs = list(pool.map(_wasserstein2_worker, xs, ys, caps))
     seconds = time.perf_counter() - start
-    array = np.asarray(values)
+    squared = np.asarray(costs, dtype=np.float64)
+    array = np.sqrt(squared)
     log.info(
-        "W2 over %d batch(es) of %d pairs: %.4f +- %.4f (%.1f s, %d worker(s))",
+        "W2 over %d batch(es) of %d pairs: %.4f +- %.4f (W2^2 %.4f +- %.4f; %.1f s, %d worker(s))",
         len(batches),
         len(batches[0]),
         array.mean(),
         array.std(),
+        squared.mean(),
+        squared.std(),
         seconds,
         n_workers,
     )
     return W2Batches(
         mean=float(array.mean()),
         std=float(array.std()),
-        values=[float(v) for v in values],
+        values=[float(v) for v in array],
         batch_size=len(batches[0]),
         seconds=seconds,
+        squared_mean=float(squared.mean()),
+        squared_std=float(squared.std()),
+        squared_values=[float(v) for v in squared],
     )
 
 
@@ -339,14 +363,16 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
 
 
-def gaussian_w2_from_moments(
+def gaussian_w2_squared_from_moments(
     mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray
 ) -> float:
-    """Closed-form W2 between N(mean1, cov1) and N(mean2, cov2) (the Bures-Wasserstein
-    distance): ``W2^2 = ||m1 - m2||^2 + tr(S1) + tr(S2) - 2 tr((S2^1/2 S1 S2^1/2)^1/2)``.
+    """Closed-form squared W2 between N(mean1, cov1) and N(mean2, cov2) (the squared
+    Bures-Wasserstein distance, squared units):
+    ``W2^2 = ||m1 - m2||^2 + tr(S1) + tr(S2) - 2 tr((S2^1/2 S1 S2^1/2)^1/2)``.
 
     Means (d,), covariances (d x d), symmetric PSD. Square roots go through
-    ``eigh`` with negative eigenvalues from rounding clipped to 0.
+    ``eigh`` with negative eigenvalues from rounding clipped to 0; a total that
+    rounds below 0 is returned as 0.
     """
     mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
@@ -358,20 +384,36 @@ def gaussian_w2_from_moments(
         + float(np.trace(cov1) + np.trace(cov2))
         - 2.0 * float(np.sum(np.sqrt(cross_eigvals)))
     )
-    return math.sqrt(max(squared, 0.0))
+    return max(squared, 0.0)
 
 
-def gaussian_w2(x: np.ndarray, y: np.ndarray) -> float:
-    """W2 between Gaussians fitted to ``x`` (n x d) and ``y`` (m x d): sample means and
-    unbiased covariances (``np.cov``, ddof 1), then :func:`gaussian_w2_from_moments`."""
+def gaussian_w2_from_moments(
+    mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray
+) -> float:
+    """Closed-form W2 between N(mean1, cov1) and N(mean2, cov2) (the Bures-Wasserstein
+    distance, the embeddings' units): the square root of
+    :func:`gaussian_w2_squared_from_moments`."""
+    return math.sqrt(gaussian_w2_squared_from_moments(mean1, cov1, mean2, cov2))
+
+
+def gaussian_w2_squared(x: np.ndarray, y: np.ndarray) -> float:
+    """Squared W2 between Gaussians fitted to ``x`` (n x d) and ``y`` (m x d): sample
+    means and unbiased covariances (``np.cov``, ddof 1), then
+    :func:`gaussian_w2_squared_from_moments` (squared units)."""
     _require_same_space(x, y, "Gaussian W2")
     if len(x) < 2 or len(y) < 2:
         raise GeometryError(f"Gaussian W2 needs 2+ points per cloud, got {len(x)} and {len(y)}")
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    return gaussian_w2_from_moments(
+    return gaussian_w2_squared_from_moments(
         x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
     )
+
+
+def gaussian_w2(x: np.ndarray, y: np.ndarray) -> float:
+    """W2 between Gaussians fitted to ``x`` and ``y`` (the embeddings' units): the
+    square root of :func:`gaussian_w2_squared`."""
+    return math.sqrt(gaussian_w2_squared(x, y))
 
 
 # ---------------------------------------------------------------- cosine statistics
@@ -555,7 +597,13 @@ def geometry_summary(
 ) -> dict[str, Any]:
     """Every number of ``geometry.json`` that comes from the embeddings (see the
     module docstring); same-space measures are ``None`` with a note on a
-    dimension mismatch."""
+    dimension mismatch.
+
+    Wasserstein-2 keys: ``w2_mean``, ``w2_std``, ``w2_batches`` are W2 =
+    sqrt(emd2 cost) per batch (the embeddings' units) and their mean and std
+    (ddof 0); ``w2_squared_mean``, ``w2_squared_std``, ``w2_squared_batches``
+    the emd2 cost itself (W2^2, squared units); ``w2_gaussian`` and
+    ``w2_gaussian_squared`` the closed form's W2 and W2^2."""
     dim_image, dim_text = pairs.image.shape[1], pairs.text.shape[1]
     summary: dict[str, Any] = {
         "n_pairs": len(pairs),
@@ -579,7 +627,11 @@ def geometry_summary(
             "w2_batches",
             "w2_batch_size",
             "w2_seconds",
+            "w2_squared_mean",
+            "w2_squared_std",
+            "w2_squared_batches",
             "w2_gaussian",
+            "w2_gaussian_squared",
             "cosine",
         ):
             summary[key] = None
@@ -609,6 +661,9 @@ def geometry_summary(
         w2_batches=w2.values,
         w2_batch_size=w2.batch_size,
         w2_seconds=w2.seconds,
+        w2_squared_mean=w2.squared_mean,
+        w2_squared_std=w2.squared_std,
+        w2_squared_batches=w2.squared_values,
     )
     if len(pairs) <= cfg.w2_batch_size:
         summary["notes"]["wasserstein2"] = (
@@ -619,7 +674,14 @@ def geometry_summary(
         summary["notes"]["wasserstein2"] = (
             f"{len(w2.values)} seeded batches of {w2.batch_size} pairs; raw embeddings"
         )
-    summary["w2_gaussian"] = gaussian_w2(pairs.image, pairs.text)
+    summary["notes"]["w2_squared"] = (
+        "w2_squared_*: the exact OT cost ot.emd2 with squared Euclidean ground cost "
+        "(W2^2, squared units); w2_*: its square root (W2, the embeddings' units); each "
+        "averaged over batches on its own; w2_gaussian_squared / w2_gaussian likewise"
+    )
+    squared = gaussian_w2_squared(pairs.image, pairs.text)
+    summary["w2_gaussian_squared"] = squared
+    summary["w2_gaussian"] = math.sqrt(squared)
     summary["cosine"] = cosine_stats(pairs.image, pairs.text, seed)
     return summary
 

@@ -5,8 +5,13 @@ are negated; the paper's rankings (ascending distance, descending cosine) are
 then one ordering. Paper Section 3 / Table 1:
 
 - ``cosine``: <q, g> / (|q| |g|);
-- ``euclidean``: -|q - g|_2, ranked through -(|q|^2 + |g|^2 - 2 <q, g>) so
-  that it runs as one matrix product;
+- ``euclidean``: -|q - g|_2, ranked through -(|q'|^2 + |g'|^2 - 2 <q', g'>)
+  so that it runs as one float32 matrix product, where ``q' = q - c`` and
+  ``g' = g - c`` are centred by the gallery mean ``c`` (distances are
+  translation invariant). Without the centring, embeddings in a narrow cone
+  (a common offset much larger than the spread) lose the ranking to
+  cancellation: ``|q|^2 + |g|^2`` is then far larger than the squared distance,
+  and float32 keeps about 7 digits of it;
 - ``manhattan``: -sum_i |q_i - g_i|;
 - ``chi2``: -1/2 sum_i (q_i - g_i)^2 / (q_i + g_i), applied *as written* to
   signed embeddings (see PAPER.md): a term whose denominator is exactly 0 uses
@@ -81,18 +86,30 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 class Scorer:
     """Scores of query rows against a fixed gallery, for one base metric.
 
-    ``prepare`` turns raw embeddings into what the block product needs (unit
-    rows for cosine, norms for Euclidean), once; ``block`` fills a
-    ``(rows, n_gallery)`` score block. ``offset`` (per gallery item) and
-    ``scale`` implement CSLS and QB-Norm on top of cosine.
+    The constructor turns the raw gallery into what the block product needs,
+    once: ``gallery`` holds unit rows for cosine, rows minus ``centre`` (the
+    gallery mean, float32) for Euclidean, the rows as given otherwise;
+    ``gallery_sq`` the squared norms of the centred Euclidean rows. ``block``
+    fills a ``(rows, n_gallery)`` score block. ``offset`` (per gallery item)
+    and ``scale`` implement CSLS and QB-Norm on top of cosine.
     """
 
     def __init__(self, base: str, gallery: torch.Tensor) -> None:
         if base not in FIXED_METRICS:
             raise ValueError(f"unknown base metric {base!r}; known: {FIXED_METRICS}")
         self.base = base
-        self.gallery = l2_normalize(gallery) if base == "cosine" else gallery.contiguous()
-        self.gallery_sq = (gallery * gallery).sum(1) if base == "euclidean" else None
+        self.centre: torch.Tensor | None = None
+        self.gallery_sq: torch.Tensor | None = None
+        if base == "cosine":
+            self.gallery = l2_normalize(gallery)
+        elif base == "euclidean":
+            # Any common translation leaves the distances unchanged; the gallery
+            # mean makes the centred rows as small as the spread allows.
+            self.centre = gallery.mean(0)
+            self.gallery = (gallery - self.centre).contiguous()
+            self.gallery_sq = (self.gallery * self.gallery).sum(1)
+        else:
+            self.gallery = gallery.contiguous()
         self.gallery_np = _contiguous32(gallery) if base in ("manhattan", "chi2") else None
         self.scale = 1.0
         self.offset: torch.Tensor | None = None
@@ -104,10 +121,11 @@ class Scorer:
         if self.base == "cosine":
             torch.mm(l2_normalize(queries), self.gallery.T, out=out)
         elif self.base == "euclidean":
-            # Ranked by -|q - g|^2 = 2 <q, g> - |g|^2 - |q|^2 (one GEMM, one pass);
-            # values() takes the square root of what is reported.
-            torch.addmm(self.gallery_sq, queries, self.gallery.T, beta=-1, alpha=2, out=out)
-            out.sub_((queries * queries).sum(1, keepdim=True))
+            # Ranked by -|q - g|^2 = 2 <q', g'> - |g'|^2 - |q'|^2 with q' = q - c and
+            # g' = g - c (one GEMM, one pass); values() takes the square root.
+            centred = queries - self.centre
+            torch.addmm(self.gallery_sq, centred, self.gallery.T, beta=-1, alpha=2, out=out)
+            out.sub_((centred * centred).sum(1, keepdim=True))
         else:
             kernel = _neg_manhattan if self.base == "manhattan" else _neg_chi2
             kernel(_contiguous32(queries), self.gallery_np, out.numpy())

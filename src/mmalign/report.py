@@ -1,9 +1,10 @@
 """The paper's tables, and the report that embeds them with the figures.
 
 Every table is built from the score files only (``retrieval.parquet``,
-``geometry.json``, ``significance.parquet``) and written as CSV (numbers) and
-Markdown (what a reader sees: percentages with their bootstrap 95% interval,
-the best cell of each column in bold).
+``geometry.json``, ``paired.parquet``...) and written as CSV (numbers) and
+Markdown (what a reader sees: percentages with their 95% interval, the best
+cell of each column in bold). The verdicts on the paper's conclusions are
+paired differences on the same queries (:mod:`mmalign.stats`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from mmalign.error_analysis import queries_markdown
 from mmalign.io import atomic_path, write_csv
 from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS
 
@@ -117,6 +119,9 @@ def geometry_table(
                 "w2_mean": g.get("w2_mean"),
                 "w2_std": g.get("w2_std"),
                 "w2_gaussian": g.get("w2_gaussian"),
+                "w2_squared_mean": g.get("w2_squared_mean"),
+                "w2_squared_std": g.get("w2_squared_std"),
+                "w2_gaussian_squared": g.get("w2_gaussian_squared"),
                 "modality_gap": g.get("modality_gap"),
             }
         )
@@ -133,6 +138,11 @@ def geometry_table(
                 fmt(a, b) for a, b in zip(numbers["w2_mean"], numbers["w2_std"], strict=True)
             ],
             "W2 (Gaussian)": [fmt(v) for v in numbers["w2_gaussian"]],
+            "W2² (emd2 cost, mean ± std)": [
+                fmt(a, b)
+                for a, b in zip(numbers["w2_squared_mean"], numbers["w2_squared_std"], strict=True)
+            ],
+            "W2² (Gaussian)": [fmt(v) for v in numbers["w2_gaussian_squared"]],
             "modality gap": [fmt(v) for v in numbers["modality_gap"]],
         },
         index=numbers.index,
@@ -218,8 +228,57 @@ def gap_shift_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return numbers, shown.fillna("n/a")
 
 
-def gap_shift_verdict(frame: pd.DataFrame) -> str:
-    """One line per (dataset, encoder) on the paper's conclusion 3, from the sweep."""
+def points(diff: float, low: float, high: float) -> str:
+    """A difference of shares in percentage points with its interval: ``+2.1 [0.4, 3.9]``."""
+    if pd.isna(diff):
+        return "n/a"
+    return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def p_text(p: float) -> str:
+    return "n/a" if pd.isna(p) else f"{p:.2g}"
+
+
+def paired_row(paired: pd.DataFrame, a: str, b: str, **where: Any) -> dict[str, Any] | None:
+    """The paired comparison of ``a`` and ``b`` matching ``where`` (column = value),
+    oriented as ``b - a`` whichever way it was stored; None when absent."""
+    rows = paired
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    for first, second, sign in ((a, b, 1), (b, a, -1)):
+        found = rows[(rows["a"] == first) & (rows["b"] == second)]
+        if len(found):
+            row = found.iloc[0].to_dict()
+            if sign < 0:
+                row.update(diff=-row["diff"], diff_low=-row["diff_high"],
+                           diff_high=-row["diff_low"], a=a, b=b,
+                           value_a=row["value_b"], value_b=row["value_a"])  # fmt: skip
+            return row
+    return None
+
+
+def paired_text(row: dict[str, Any]) -> str:
+    """``Δ hit@1 = +2.1 points [0.4, 3.9], McNemar p = 0.01 (Holm 0.03)``."""
+    measure = f"hit@{row['k']}" if row["measure"] == "hit" else row["measure"]
+    text = f"Δ {measure} = {points(row['diff'], row['diff_low'], row['diff_high'])} points"
+    if not pd.isna(row["p_value"]):
+        text += f", McNemar ({row['test']}) p = {p_text(row['p_value'])}"
+        text += f" (Holm {p_text(row['p_holm'])})"
+    return text
+
+
+def paired_verdict(row: dict[str, Any] | None, alpha: float = 0.05) -> str:
+    """``higher`` / ``lower`` (b against a) when Holm's p is below ``alpha``, else
+    ``no clear difference``."""
+    if row is None or pd.isna(row["p_holm"]) or row["p_holm"] >= alpha:
+        return "no clear difference"
+    return "higher" if row["diff"] > 0 else "lower"
+
+
+def gap_shift_verdict(frame: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """One line per (dataset, encoder, space) on the paper's conclusion 3: hit@1
+    with the gap closed (λ = 1) against the original gap (λ = 0) on the same
+    queries, as a paired difference with McNemar's test."""
     from mmalign.gapshift import verdict
 
     lines = []
@@ -230,56 +289,147 @@ def gap_shift_verdict(frame: pd.DataFrame) -> str:
             note = rows["note"].dropna()
             lines.append(f"- {unit}: n/a ({note.iloc[0] if len(note) else ''})")
             continue
-        parts = []
+        parts, changes = [], set()
         for direction, v in found.items():
-            closed = v["hit_at_1_gap_closed"]
+            row = paired_row(paired, "lambda 0", "lambda 1", family="gap_shift", dataset=dataset,
+                             encoder=encoder, space=space, direction=direction, measure="hit",
+                             k=1)  # fmt: skip
+            changes.add(paired_verdict(row))
+            closing = paired_text(row) if row else "no paired test"
             parts.append(
                 f"{direction} hit@1 {percent(v['hit_at_1_original'])}% at the original gap, "
-                f"{percent(closed)}% with the gap closed, best {percent(v['best_hit_at_1'])}% "
-                f"at λ = {v['best_lambda']:g} (Spearman ρ(gap, hit@1) = "
-                f"{v['spearman_gap_vs_hit']:.2f})"
+                f"{percent(v['hit_at_1_gap_closed'])}% with the gap closed ({closing}); best "
+                f"{percent(v['best_hit_at_1'])}% at λ = {v['best_lambda']:g} (Spearman "
+                f"ρ(gap, hit@1) = {v['spearman_gap_vs_hit']:.2f})"
             )
-        changes = {v["change_when_closed"] for v in found.values()}
         summary = (
-            "closing the gap raises hit@1 beyond the intervals"
+            "closing the gap raises hit@1 (paired, Holm p < 0.05)"
             if changes == {"higher"}
-            else "closing the gap lowers hit@1 beyond the intervals"
+            else "closing the gap lowers hit@1 (paired, Holm p < 0.05)"
             if changes == {"lower"}
-            else "closing the gap does not clearly change hit@1"
+            else "closing the gap does not change hit@1 significantly in both directions"
         )
         lines.append(f"- {unit}: " + "; ".join(parts) + f". So {summary}.")
     return "\n".join(lines)
 
 
-def ablation_verdict(rows: pd.DataFrame) -> str:
+def ablation_verdict(rows: pd.DataFrame, paired: pd.DataFrame) -> str:
     """One line per (dataset, encoder) on the paper's conclusion 4: which one-factor
-    changes lift the MLP's test hit@1 above chance (its 95% interval above
-    1 / test pairs in both directions) while the paper's recipe stays at chance."""
+    changes raise the MLP's test hit@1 above the paper's recipe on the same
+    queries (paired difference, McNemar, Holm over the variants), in both
+    directions."""
     lines = []
     hits = rows[(rows["measure"] == "hit") & (rows["k"] == 1)]
+    paper = "mlp_ablation:paper"
     for (dataset, encoder), unit in hits.groupby(["dataset", "encoder"]):
         unit = unit.dropna(subset=["value"])
-        if unit.empty or "mlp_ablation:paper" not in set(unit["metric"]):
+        if unit.empty or paper not in set(unit["metric"]):
             lines.append(f"- {dataset} / {encoder}: n/a")
             continue
         chance = 1.0 / unit["n_queries"].max()
-        above = unit.groupby("metric")["ci_low"].min() > chance
-        paper = unit[unit["metric"] == "mlp_ablation:paper"].set_index("direction")["value"]
-        learned = [m.removeprefix("mlp_ablation:") for m, ok in above.items() if ok]
+        recipe = unit[unit["metric"] == paper].set_index("direction")["value"]
         head = (f"- {dataset} / {encoder}: the paper's recipe reaches hit@1 "
-                f"{percent(paper.get('t2i'))}% / {percent(paper.get('i2t'))}% (text / image "
+                f"{percent(recipe.get('t2i'))}% / {percent(recipe.get('i2t'))}% (text / image "
                 f"queries; chance {percent(chance)}%). ")  # fmt: skip
-        if "paper" in learned:
-            lines.append(head + "It already learns here, so conclusion 4 does not hold.")
-        elif learned:
-            lines.append(head + "Above chance in both directions: " + ", ".join(learned)
-                         + ". The MLP can learn the similarity; what the paper's recipe lacks "
-                         "is what those variants change, so conclusion 4 does not hold as "
-                         "stated.")  # fmt: skip
+        better, details = [], []
+        for metric in dict.fromkeys(unit["metric"]):
+            if metric == paper:
+                continue
+            name = metric.removeprefix("mlp_ablation:")
+            found = {d: paired_row(paired, paper, metric, family="ablation", dataset=dataset,
+                                   encoder=encoder, direction=d, measure="hit", k=1)
+                     for d in ("t2i", "i2t")}  # fmt: skip
+            if all(paired_verdict(r) == "higher" for r in found.values()):
+                better.append(name)
+            shown = [f"{d} {paired_text(r)}" for d, r in found.items() if r is not None]
+            if shown:
+                details.append(f"  - {name}: " + "; ".join(shown))
+        if better:
+            text = (head + "Better than the paper's recipe in both directions (paired, Holm "
+                    "p < 0.05): " + ", ".join(better) + ". The MLP can learn the similarity; "
+                    "what the paper's recipe lacks is what those variants change, so "
+                    "conclusion 4 does not hold as stated.")  # fmt: skip
         else:
-            lines.append(head + "No variant leaves chance in both directions: on these "
-                         "data, conclusion 4 holds for every change tried.")  # fmt: skip
+            text = (head + "No variant beats the paper's recipe in both directions (paired, "
+                    "Holm p < 0.05): on these data, conclusion 4 holds for every change "
+                    "tried.")  # fmt: skip
+        lines.append("\n".join([text, *details]))
     return "\n".join(lines)
+
+
+def aligned_space_verdict(paired: pd.DataFrame) -> str:
+    """Per (dataset, encoder), on the test split: does cosine beat the other metrics
+    in the heads' aligned space, and does alignment beat the best of the paper's
+    MLPs? Each as a paired difference of hit@1 on the same queries."""
+    learned = paired[(paired["family"] == "metrics") & (paired["protocol"] == "learned_test")]
+    hits = learned[(learned["measure"] == "hit") & (learned["k"] == 1)]
+    lines = []
+    for (dataset, encoder), unit in hits.groupby(["dataset", "encoder"], sort=False):
+        systems = set(unit["a"]) | set(unit["b"])
+        if "align" not in systems:
+            continue
+        where = {"dataset": dataset, "encoder": encoder}
+        for direction in ("t2i", "i2t"):
+            parts = []
+            for other in ("align_euclidean", "align_manhattan", "align_chi2"):
+                row = paired_row(unit, other, "align", direction=direction, **where)
+                if row is not None:
+                    parts.append(f"cosine vs {other.removeprefix('align_')}: "
+                                 f"{paired_text(row)} ({paired_verdict(row)})")  # fmt: skip
+            mlps = {}
+            for mlp in LEARNED_METRICS:
+                row = paired_row(unit, mlp, "align", direction=direction, **where)
+                if row is not None:
+                    mlps[mlp] = row
+            if mlps:
+                best = max(mlps, key=lambda m: mlps[m]["value_a"])
+                row = mlps[best]
+                parts.append(f"align vs the best MLP ({best}, {percent(row['value_a'])}%): "
+                             f"{paired_text(row)} ({paired_verdict(row)})")  # fmt: skip
+            if parts:
+                lines.append(f"- {dataset} / {encoder}, {direction}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def hubness_table(hubness: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Numbers and shown cells of the galleries' hubness, per metric and space
+    (the seeded subset's raw metrics, the test split's aligned ones)."""
+    rows = hubness[hubness["protocol"].isin(["subset", "learned_test"])]
+    if rows.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    index = ["dataset", "encoder", "protocol", "metric"]
+    numbers = rows.pivot_table(index=index, columns="direction",
+                               values=["skewness", "never_in_top_k"], sort=False)  # fmt: skip
+    shown = pd.DataFrame(index=numbers.index)
+    for direction in dict.fromkeys(rows["direction"]):
+        shown[f"{direction} N10 skewness"] = numbers[("skewness", direction)].map(
+            lambda v: "n/a" if pd.isna(v) else f"{v:.2f}"
+        )
+        shown[f"{direction} never in a top 10"] = numbers[("never_in_top_k", direction)].map(
+            lambda v: f"{percent(v)}%"
+        )
+    return numbers, shown
+
+
+def encoder_table(paired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Numbers and shown cells of the encoder comparisons (hit@K, paired)."""
+    rows = paired[(paired["family"] == "encoders") & (paired["measure"] == "hit")]
+    if rows.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    index = ["dataset", "protocol", "metric", "direction", "k", "a", "b"]
+    numbers = rows.set_index(index)[["value_a", "value_b", "diff", "diff_low", "diff_high",
+                                     "p_value", "p_holm", "p_chi2_paper"]]  # fmt: skip
+    shown = pd.DataFrame({
+        "hit a": [percent(v) for v in rows["value_a"]],
+        "hit b": [percent(v) for v in rows["value_b"]],
+        "b - a (points)": [points(*v) for v in
+                           zip(rows["diff"], rows["diff_low"], rows["diff_high"], strict=True)],
+        "McNemar p": [f"{p_text(p)} ({t})" for p, t in zip(rows["p_value"], rows["test"],
+                                                           strict=True)],
+        "Holm p": [p_text(p) for p in rows["p_holm"]],
+        "paper's χ² p": [p_text(p) for p in rows["p_chi2_paper"]],
+    }, index=numbers.index)  # fmt: skip
+    return numbers, shown
 
 
 def gallery(results: pd.DataFrame, protocol: str) -> str:
@@ -294,13 +444,15 @@ def gallery(results: pd.DataFrame, protocol: str) -> str:
 def build_report(
     results: pd.DataFrame,
     geometry: dict[tuple[str, str], dict[str, Any]],
-    significance: pd.DataFrame,
+    paired: pd.DataFrame,
     tables_dir: Path,
     report_path: Path,
     figures: dict[str, list[str]],
     alignment: dict[tuple[str, str], dict[str, Any]] | None = None,
     gap_shift: pd.DataFrame | None = None,
     ablation: pd.DataFrame | None = None,
+    hubness: pd.DataFrame | None = None,
+    queries: dict[tuple[str, str], pd.DataFrame] | None = None,
 ) -> None:
     """Write every table under ``tables_dir`` and ``report.md`` that embeds them.
 
@@ -313,8 +465,12 @@ def build_report(
     base = report_path.parent
     sections = [
         "# mmalign report\n",
-        "Percentages with bootstrap 95% intervals over queries; bold = best in its column "
-        "for that dataset. Chance hit@K is K / gallery size (0.1% hit@1 for 1,000 pairs).\n",
+        "Percentages with 95% intervals: percentile bootstrap over queries (1,000 seeded "
+        "resamples), over images under the multi-caption protocol (all captions of an image "
+        "resampled together); the alignment measures name their own method. Bold = best in "
+        "its column for that dataset. Chance hit@K is K / gallery size (0.1% hit@1 for "
+        "1,000 pairs). Differences between systems are paired (same queries): see "
+        "`results/stats/paired.parquet`.\n",
     ]
 
     def add(title: str, blurb: str, name: str, numbers: pd.DataFrame, shown: pd.DataFrame,
@@ -324,8 +480,10 @@ def build_report(
 
     if geometry:
         add("Table 2: Wasserstein-2 distance and modality gap",
-            "How far apart the image and text clouds sit: exact W2 over random batches of pairs, "
-            "its Gaussian closed form, and the distance between the modality centroids.",
+            "How far apart the image and text clouds sit: exact W2 over random batches of pairs "
+            "(the square root of POT's emd2 cost) and its Gaussian closed form, the same as "
+            "squared costs (W2², the scale of the paper's Table 2 values), and the distance "
+            "between the modality centroids.",
             "table2_geometry", *geometry_table(geometry))  # fmt: skip
 
     paper_metrics = {"subset": FIXED_METRICS, "learned_test": LEARNED_METRICS}
@@ -340,7 +498,8 @@ def build_report(
 
     numbers, shown = precision_table(results, "multicaption", ("cosine",))
     if not numbers.empty:
-        add("Table 5: multi-caption precision@K (all captions of the test split)",
+        add("Table 5: multi-caption precision@K (all captions of the eval split: Karpathy's "
+            "1K test split in configs/paper.yaml)",
             "True precision, relevant in the top K / K; image-to-text has up to 5 relevant.",
             "table5_multicaption_precision", numbers, shown)  # fmt: skip
 
@@ -350,18 +509,16 @@ def build_report(
             "hit@K of the paper's down-projection MLP on the test split.",
             "table6_mlp_down", numbers, shown)  # fmt: skip
 
-    if not significance.empty:
-        shown = significance.assign(
-            hit_a=[percent(v) for v in significance["hit_a"]],
-            hit_b=[percent(v) for v in significance["hit_b"]],
-            p_value=[f"{p:.2g}" for p in significance["p_value"]],
-            p_holm=[f"{p:.2g}" for p in significance["p_holm"]],
-        ).set_index(["dataset", "protocol", "direction", "metric", "k"])
-        columns = ["encoder_a", "encoder_b", "hit_a", "hit_b", "p_value", "p_holm", "significant"]
-        add("Significance: pairwise chi-square tests between encoders (Holm-corrected)",
-            "Whether two encoders' hit@K differ beyond chance, per dataset, direction, metric, K.",
-            "significance", significance.set_index(["dataset", "protocol"]),
-            shown[columns])  # fmt: skip
+    numbers, shown = encoder_table(paired)
+    if not numbers.empty:
+        add("Significance: paired tests between encoders (McNemar, Holm-corrected)",
+            "Both encoders are scored on the same queries, so each comparison is paired: the "
+            "difference of hit@K (b - a) with a paired bootstrap 95% interval, McNemar's test "
+            "on the discordant queries, Holm's correction over the encoder pairs of each "
+            "dataset, protocol, metric, direction and K. The last column is the paper's "
+            "chi-square test of independent proportions, which ignores the pairing, for "
+            "comparison only.",
+            "significance", numbers, shown)  # fmt: skip
 
     numbers, shown, best = hit_table(results, "t2i", {"subset": ("cosine", *CALIBRATED_METRICS)})
     if not numbers.empty:
@@ -370,12 +527,27 @@ def build_report(
             "similarities retrieve as well while scoring unrelated pairs low?",
             "beyond_calibrated_t2i", numbers, shown, best)  # fmt: skip
 
+    numbers, shown = hubness_table(hubness if hubness is not None else pd.DataFrame(
+        columns=["protocol"]))  # fmt: skip
+    if not numbers.empty:
+        add("Beyond the paper: hubness of each gallery, by metric and space",
+            "Skewness of the k-occurrence N10 (how many queries have an item in their top 10; "
+            "Radovanović et al. 2010): 0 when every item is retrieved about equally often, "
+            "large when a few hubs crowd every top 10. Beside it, the share of gallery items "
+            "in no query's top 10 (anti-hubs). The calibrated cosines exist to lower both. "
+            "subset: the raw metrics on the seeded subset; learned_test: the test split, "
+            "aligned (align*) and raw.",
+            "beyond_hubness", numbers, shown)  # fmt: skip
+
     align = [m for m in results["metric"].unique() if str(m).startswith("align")]
     numbers, shown = precision_table(results, "learned_test", align)
     if align and not numbers.empty:
+        verdict = aligned_space_verdict(paired)
         add("Beyond the paper: post-hoc alignment heads (test split)",
             "hit@K after training small projection heads on frozen embeddings (InfoNCE), "
-            "by metric in the aligned space, and a linear baseline.",
+            "by metric in the aligned space, and a linear baseline. Paired differences on the "
+            "same test queries (b - a, paired bootstrap 95% interval, McNemar, Holm over every "
+            "pair of metrics and variants of the unit):\n\n" + verdict,
             "beyond_alignment", numbers, shown)  # fmt: skip
 
     cosine = results[(results["measure"] == "hit") & (results["metric"] == "cosine")]
@@ -393,8 +565,10 @@ def build_report(
     if not numbers.empty:
         add("Beyond the paper: how aligned are the two spaces?",
             "Linear CKA, mutual k-NN overlap and CKNNA between the text and the image "
-            "embeddings of the same items (any two dimensions), with a 95% subsampling "
-            "interval and the mean over shuffled pairings (chance). raw: a seeded sample of "
+            "embeddings of the same items (any two dimensions), with a 95% delete-d jackknife "
+            "interval (half-samples; it covers the population CKA for the unbiased CKA, and the "
+            "estimator's expectation at this n and k for mutual k-NN and CKNNA) and the mean "
+            "over shuffled pairings (chance). raw: a seeded sample of "
             "all pairs; test_raw / test_align: the learned stage's test split, before and "
             "after the alignment heads.",
             "beyond_alignment_measures", numbers, shown)  # fmt: skip
@@ -405,7 +579,7 @@ def build_report(
             add("Beyond the paper: closing the modality gap (conclusion 3)",
                 "Both modalities moved along the centroid difference by λ (0 = original, "
                 "1 = gap closed); cosine hit@K and the mean matching / non-matching cosine.\n\n"
-                + gap_shift_verdict(gap_shift),
+                + gap_shift_verdict(gap_shift, paired),
                 "beyond_gap_shift", numbers, shown)  # fmt: skip
 
     if ablation is not None:
@@ -415,8 +589,20 @@ def build_report(
             add("Beyond the paper: why the paper's MLP fails (conclusion 4)",
                 "The same MLP, splits, initial weights and batches, one factor of the paper's "
                 "recipe changed at a time (mmalign.learn.ablation); test hit@K.\n\n"
-                + ablation_verdict(ablation),
+                + ablation_verdict(ablation, paired),
                 "beyond_mlp_ablation", numbers, shown)  # fmt: skip
+
+    for (dataset, encoder), frame in (queries or {}).items():
+        if frame.empty:
+            continue
+        sections.append(f"## Error analysis: {dataset} / {encoder}, aligned space (test split)\n")
+        sections.append("The text queries the alignment heads' space (cosine) ranks worst and "
+                        "best: the caption, its true image and the rank it got "
+                        "(`extreme_queries.parquet`; `figures/recall_at_k` plots recall@K for "
+                        "K = 1..100 per metric and space).\n")  # fmt: skip
+        for kind in ("worst", "best"):
+            sections.append(f"**The 10 {kind}-ranked queries**\n")
+            sections.append(queries_markdown(frame[frame["kind"] == kind]))
 
     for title, paths in figures.items():
         if paths:

@@ -16,22 +16,36 @@ from these ranks, for every K at once:
 - ``ndcg@10``: binary-relevance nDCG at 10;
 - ``median_rank`` and ``mean_rank`` of the first relevant item.
 
-Each figure comes with a bootstrap 95% interval over queries (percentile
-method, seeded).
+Each figure comes with a bootstrap 95% interval (percentile method, seeded):
+over queries, or, where several queries belong to one image (the
+multi-caption protocol's text queries), over images, all captions of a
+resampled image kept together (a cluster bootstrap); the captions of one
+image are not independent draws, so resampling them one by one would make
+the interval too narrow.
+
+Per query, the engine also keeps what every measure is computed from
+(:class:`QueryRanks`, written as ``ranks.parquet``: see :func:`ranks_table`),
+so paired tests between metrics, spaces and encoders on the same queries can
+be computed afterwards, and each gallery's *k-occurrence* (how many queries
+have an item in their top ``HUB_K``), from which :func:`hubness_rows`
+measures hubness (Radovanović et al. 2010).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from tqdm import tqdm
 
 from mmalign.embed import Embeddings
+from mmalign.io import atomic_path
 from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS, Scorer, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -41,6 +55,7 @@ RESULT_COLUMNS = [
     "value", "ci_low", "ci_high", "n_queries", "note",
 ]  # fmt: skip
 PROTOCOLS = ("subset", "full", "multicaption")
+HUB_K = 10  # the k of the k-occurrence N_k that hubness is measured by
 
 
 @dataclass(frozen=True)
@@ -71,8 +86,15 @@ def block_rows_for(n_gallery: int, block_mb: float) -> int:
     return max(1, min(65536, int(block_mb * 2**20 // (4 * max(1, n_gallery)))))
 
 
-def relevant_ranks(scorer: Scorer, task: Task, block_mb: float = 256) -> np.ndarray:
-    """1-based rank of every relevant item (aligned with ``task.rel_idx``)."""
+def relevant_ranks(
+    scorer: Scorer, task: Task, block_mb: float = 256, occurrence: np.ndarray | None = None
+) -> np.ndarray:
+    """1-based rank of every relevant item (aligned with ``task.rel_idx``).
+
+    ``occurrence`` (one int64 per gallery item), when given, is incremented by
+    how many queries have each item among their ``HUB_K`` best scores, from the
+    same score blocks (torch's top-k, whose order among exactly tied scores is
+    its own)."""
     queries = torch.from_numpy(np.ascontiguousarray(task.queries, dtype=np.float32))
     n_gallery = len(task.gallery)
     rows = block_rows_for(n_gallery, block_mb)
@@ -94,6 +116,9 @@ def relevant_ranks(scorer: Scorer, task: Task, block_mb: float = 256) -> np.ndar
             rank = (1 + higher + tied_before).numpy()
             keep = has.numpy()
             ranks[pos.numpy()[keep]] = rank[keep]
+        if occurrence is not None:
+            top = torch.topk(scores, min(HUB_K, n_gallery), dim=1).indices
+            occurrence += np.bincount(top.flatten().numpy(), minlength=n_gallery)
     return ranks
 
 
@@ -189,10 +214,14 @@ def measures_per_query(
 
 
 def bootstrap(
-    values: dict[str, np.ndarray], n_boot: int, seed: int
+    values: dict[str, np.ndarray], n_boot: int, seed: int, clusters: np.ndarray | None = None
 ) -> dict[str, tuple[float, float, float]]:
     """(estimate, 2.5th, 97.5th percentile) per measure, resampling queries.
 
+    With ``clusters`` (one label per query, e.g. the image a caption query
+    describes), whole clusters are resampled with replacement and every query
+    of a drawn cluster counts once per draw (the cluster bootstrap); with one
+    query per cluster, in query order, this is exactly the query bootstrap.
     Means use resampling counts (one matrix product for all measures); the
     median rank uses the same resamples through a weighted median.
     """
@@ -201,24 +230,156 @@ def bootstrap(
     matrix = np.stack([values[m] for m in names], axis=1)
     is_median = np.array([m == "median_rank" for m in names])
     estimate = np.where(is_median, np.median(matrix, 0), matrix.mean(0))
-    if n_boot == 0 or n < 2:
+    codes = np.arange(n) if clusters is None else pd.factorize(clusters)[0]
+    n_clusters = int(codes.max(initial=-1)) + 1
+    if n_boot == 0 or n_clusters < 2:
         return {m: (float(e), np.nan, np.nan) for m, e in zip(names, estimate, strict=True)}
     rng = np.random.default_rng(seed)
     stats = np.empty((n_boot, len(names)))
     order = np.argsort(matrix[:, is_median], axis=0, kind="stable") if is_median.any() else None
     for lo in range(0, n_boot, 100):
         hi = min(n_boot, lo + 100)
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(lo, hi)])
-        stats[lo:hi] = counts @ matrix / n
+        drawn = [np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
+                 for _ in range(lo, hi)]  # fmt: skip
+        counts = np.stack(drawn)[:, codes]
+        total = counts.sum(1, keepdims=True)
+        stats[lo:hi] = counts @ matrix / total
         if order is not None:
             for j, col in enumerate(np.flatnonzero(is_median)):
                 cum = np.cumsum(counts[:, order[:, j]], axis=1)
-                stats[lo:hi, col] = matrix[order[:, j], col][np.argmax(cum >= n / 2, axis=1)]
+                stats[lo:hi, col] = matrix[order[:, j], col][np.argmax(cum >= total / 2, axis=1)]
     low, high = np.percentile(stats, [2.5, 97.5], axis=0)
     return {
         m: (float(e), float(a), float(b))
         for m, e, a, b in zip(names, estimate, low, high, strict=True)
     }
+
+
+# ---- per-query results and hubness ------------------------------------------
+
+LABEL_FIELDS = ("protocol", "direction", "metric")
+QUERY_FIELDS = [
+    ("query", pa.int32()), ("query_row", pa.int32()), ("image_id", pa.string()),
+    ("caption_idx", pa.int32()), ("rank", pa.int32()),
+    ("relevant_rows", pa.list_(pa.int32())), ("relevant_ranks", pa.list_(pa.int32())),
+    ("n_gallery", pa.int32()),
+]  # fmt: skip
+HUBNESS_COLUMNS = [
+    "dataset", "encoder", "protocol", "direction", "metric", "k", "skewness",
+    "never_in_top_k", "max_occurrence", "n_queries", "n_gallery",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QueryRanks:
+    """Every query's outcome under one (protocol, direction, metric).
+
+    ``label`` holds dataset, encoder, protocol, direction and metric (and any
+    further keys, e.g. the gap shift's ``space`` and ``lambda``, which become
+    columns). ``query_rows`` are the queries' rows of their modality's
+    ``.npy`` (text for t2i, image for i2t), ``gallery_rows`` the gallery's;
+    ``ranks`` is aligned with ``rel_idx`` (CSR by ``rel_ptr``, as in
+    :class:`Task`); ``occurrence`` is the gallery's k-occurrence N_HUB_K.
+    """
+
+    label: dict[str, Any]
+    query_rows: np.ndarray
+    gallery_rows: np.ndarray
+    rel_ptr: np.ndarray
+    rel_idx: np.ndarray
+    ranks: np.ndarray
+    occurrence: np.ndarray | None = None
+
+    @classmethod
+    def of(
+        cls, label: dict[str, Any], task: Task, ranks: np.ndarray, query_rows: np.ndarray,
+        gallery_rows: np.ndarray, occurrence: np.ndarray | None = None,
+    ) -> QueryRanks:  # fmt: skip
+        rows = np.asarray(query_rows), np.asarray(gallery_rows)
+        return cls(dict(label), *rows, task.rel_ptr, task.rel_idx, ranks, occurrence)
+
+
+def ranks_table(
+    items: list[QueryRanks], texts: pd.DataFrame, images: pd.DataFrame,
+    extra: tuple[tuple[str, pa.DataType], ...] = (),
+) -> pa.Table:  # fmt: skip
+    """``ranks.parquet``: one row per (protocol, direction, metric, query), int32.
+
+    Columns: ``dataset, encoder``, the ``extra`` label keys, ``protocol,
+    direction, metric``, then :data:`QUERY_FIELDS`: ``query`` (position in
+    the task), ``query_row`` (row of text.npy for t2i, image.npy for i2t),
+    ``image_id`` (the image of the query's pair: the query caption's image
+    for t2i, the query image for i2t), ``caption_idx`` (the query caption's; -1 for image queries),
+    ``rank`` (1-based rank of the first relevant item), ``relevant_rows``
+    (gallery rows of every relevant item, in the other modality's .npy) and
+    ``relevant_ranks`` (their ranks, aligned), ``n_gallery``. Every measure of
+    ``retrieval.parquet`` follows from ``relevant_ranks`` (see
+    :func:`measures_per_query`).
+    """
+    labels = [("dataset", pa.string()), ("encoder", pa.string()), *extra,
+              *((name, pa.string()) for name in LABEL_FIELDS)]  # fmt: skip
+    fields = [*labels, *QUERY_FIELDS]
+    schema = pa.schema(fields)
+    text_ids = texts["image_id"].astype(str).to_numpy()
+    text_caps = texts["caption_idx"].to_numpy()
+    image_ids = images["image_id"].astype(str).to_numpy()
+    tables = []
+    for item in items:
+        n = len(item.rel_ptr) - 1
+        t2i = item.label["direction"] == "t2i"
+        ptr = item.rel_ptr.astype(np.int32)
+        first = np.minimum.reduceat(item.ranks, item.rel_ptr[:-1]) if n else item.ranks[:0]
+        columns = {
+            **{name: pa.repeat(pa.scalar(item.label[name], typ), n) for name, typ in labels},
+            "query": pa.array(np.arange(n, dtype=np.int32)),
+            "query_row": pa.array(item.query_rows.astype(np.int32)),
+            "image_id": pa.array((text_ids if t2i else image_ids)[item.query_rows]),
+            "caption_idx": pa.array(
+                text_caps[item.query_rows].astype(np.int32) if t2i else np.full(n, -1, np.int32)
+            ),
+            "rank": pa.array(first.astype(np.int32)),
+            "relevant_rows": pa.ListArray.from_arrays(
+                ptr, pa.array(item.gallery_rows[item.rel_idx].astype(np.int32))
+            ),
+            "relevant_ranks": pa.ListArray.from_arrays(ptr, pa.array(item.ranks.astype(np.int32))),
+            "n_gallery": pa.array(np.full(n, len(item.gallery_rows), np.int32)),
+        }
+        tables.append(pa.table([columns[name] for name, _ in fields], schema=schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def skewness(values: np.ndarray) -> float:
+    """The (biased) sample skewness m3 / m2^1.5, as scipy.stats.skew; 0 for a constant."""
+    x = np.asarray(values, dtype=np.float64)
+    centred = x - x.mean()
+    m2 = float(np.mean(centred**2))
+    return float(np.mean(centred**3) / m2**1.5) if m2 > 0 else 0.0
+
+
+def hubness_rows(items: list[QueryRanks]) -> pd.DataFrame:
+    """Hubness of each gallery under each (protocol, direction, metric): the
+    skewness of its k-occurrence distribution N_k (Radovanović et al. 2010;
+    k = :data:`HUB_K`; 0 is symmetric, large positive means a few *hubs* are
+    in many queries' top k), the share of gallery items in no query's top k
+    (*anti-hubs*) and the largest N_k."""
+    rows = [
+        {**{c: item.label.get(c) for c in HUBNESS_COLUMNS[:5]}, "k": HUB_K,
+         "skewness": skewness(item.occurrence),
+         "never_in_top_k": float(np.mean(item.occurrence == 0)),
+         "max_occurrence": int(item.occurrence.max(initial=0)),
+         "n_queries": len(item.rel_ptr) - 1, "n_gallery": len(item.occurrence)}
+        for item in items
+        if item.occurrence is not None
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=HUBNESS_COLUMNS)
+
+
+def write_ranks(table: pa.Table, path: str | Path) -> None:
+    """Write a :func:`ranks_table` atomically (zstd-compressed parquet)."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 # ---- protocols -------------------------------------------------------------
@@ -294,7 +455,7 @@ def build_protocol(emb: Embeddings, name: str, opts: RetrievalOptions) -> Protoc
     if name != "multicaption":
         raise ValueError(f"unknown protocol {name!r}; known: {PROTOCOLS}")
     split = opts.multicaption_split
-    image_rows = np.flatnonzero(emb.images["split"].to_numpy() == split)
+    image_rows = np.flatnonzero(emb.images["eval_split"].to_numpy() == split)
     if len(image_rows) == 0:
         raise ValueError(f"multicaption: no images in split {split!r}")
     texts = emb.texts.reset_index(drop=True)
@@ -349,9 +510,13 @@ def make_scorer(metric: str, task: Task, bank: np.ndarray | None, opts: Retrieva
 
 
 def score_task(
-    task: Task, metric: str, bank: np.ndarray | None, opts: RetrievalOptions
+    task: Task,
+    metric: str,
+    bank: np.ndarray | None,
+    opts: RetrievalOptions,
+    occurrence: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Relevant ranks of ``task`` under ``metric``."""
+    """Relevant ranks of ``task`` under ``metric`` (``occurrence``: see :func:`relevant_ranks`)."""
     if metric == "centered_cosine":
         centred = Task(
             task.queries - task.queries.mean(0),
@@ -359,23 +524,23 @@ def score_task(
             task.rel_ptr,
             task.rel_idx,
         )
-        return relevant_ranks(
-            Scorer(
-                "cosine", torch.from_numpy(np.ascontiguousarray(centred.gallery, dtype=np.float32))
-            ),
-            centred,
-            opts.block_mb,
+        scorer = Scorer(
+            "cosine", torch.from_numpy(np.ascontiguousarray(centred.gallery, dtype=np.float32))
         )
-    return relevant_ranks(make_scorer(metric, task, bank, opts), task, opts.block_mb)
+        return relevant_ranks(scorer, centred, opts.block_mb, occurrence)
+    return relevant_ranks(make_scorer(metric, task, bank, opts), task, opts.block_mb, occurrence)
 
 
 def query_bank(
     emb: Embeddings, protocol: Protocol, direction: str, opts: RetrievalOptions
 ) -> np.ndarray:
-    """Training-split queries of the direction's query modality, none of them evaluated."""
+    """Training-split queries of the direction's query modality, none of them
+    evaluated: for text queries, no caption of any evaluated image (not only the
+    evaluated captions themselves)."""
     if direction == "t2i":
-        rows = np.flatnonzero(emb.texts["split"].to_numpy() == "train")
-        rows = np.setdiff1d(rows, protocol.text_rows)
+        texts = emb.texts
+        evaluated = np.isin(texts["image_row"].to_numpy(), protocol.image_rows)
+        rows = np.flatnonzero((texts["split"].to_numpy() == "train") & ~evaluated)
         source = emb.text
     else:
         rows = np.flatnonzero(emb.images["split"].to_numpy() == "train")
@@ -407,13 +572,45 @@ def measure_names(ks: tuple[int, ...]) -> list[str]:
 
 
 def score_protocol(
-    emb: Embeddings, protocol_name: str, opts: RetrievalOptions, dataset: str, encoder: str
+    emb: Embeddings,
+    protocol_name: str,
+    opts: RetrievalOptions,
+    dataset: str,
+    encoder: str,
+    sink: list[QueryRanks] | None = None,
+    captions: str | None = None,
 ) -> pd.DataFrame:
-    """Every metric, both directions, every measure with its interval, long form."""
+    """Every metric, both directions, every measure with its interval, long form;
+    each scored (direction, metric)'s :class:`QueryRanks` is appended to ``sink``.
+
+    Intervals resample queries, except the multi-caption protocol's text
+    queries, which are resampled by image (see :func:`bootstrap`). The
+    multi-caption protocol on images with one caption each gives n/a rows
+    whose note names the keys to change (``captions``: the dataset's key)."""
+    if protocol_name == "multicaption":
+        from mmalign.datasets import multicaption_note
+
+        note = multicaption_note(emb.images, emb.texts, opts.multicaption_split, dataset,
+                                 captions)  # fmt: skip
+        if note:
+            log.warning("%s %s: %s", dataset, encoder, note)
+            nan = {m: (np.nan, np.nan, np.nan) for m in measure_names(opts.ks)}
+            frame = pd.DataFrame(
+                [{"dataset": dataset, "encoder": encoder, "protocol": protocol_name,
+                  "direction": direction, "metric": metric, **r}
+                 for direction in ("t2i", "i2t") for metric in opts.metrics
+                 for r in rows_for(nan, 0, note)],
+                columns=RESULT_COLUMNS,
+            )  # fmt: skip
+            return frame.astype({"k": "Int64"})
     protocol = build_protocol(emb, protocol_name, opts)
     rows: list[dict[str, Any]] = []
     mismatch = emb.image.shape[1] != emb.text.shape[1]
+    sides = {"t2i": (protocol.text_rows, protocol.image_rows),
+             "i2t": (protocol.image_rows, protocol.text_rows)}  # fmt: skip
     for direction, task in (("t2i", protocol.t2i), ("i2t", protocol.i2t)):
+        # The image each query belongs to: captions of one image form a cluster.
+        clusters = task.rel_idx if direction == "t2i" and protocol_name == "multicaption" else None
         for metric in opts.metrics:
             base = {"dataset": dataset, "encoder": encoder, "protocol": protocol_name,
                     "direction": direction, "metric": metric}  # fmt: skip
@@ -436,10 +633,13 @@ def score_protocol(
                 continue
             log.info("%s %s %s %s: %d queries x %d items", dataset, encoder, direction, metric,
                      task.n_queries, len(task.gallery))  # fmt: skip
-            ranks = score_task(task, metric, bank, opts)
+            occurrence = np.zeros(len(task.gallery), dtype=np.int64)
+            ranks = score_task(task, metric, bank, opts, occurrence)
             per_query = measures_per_query(ranks, task.rel_ptr, list(opts.ks))
-            values = bootstrap(per_query, opts.bootstrap, opts.seed)
+            values = bootstrap(per_query, opts.bootstrap, opts.seed, clusters)
             rows += [{**base, **r} for r in rows_for(values, task.n_queries)]
+            if sink is not None:
+                sink.append(QueryRanks.of(base, task, ranks, *sides[direction], occurrence))
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     frame["k"] = frame["k"].astype("Int64")
     return frame

@@ -22,6 +22,7 @@ from mmalign.datasets.base import (
     PrepareReport,
     RawImage,
     build_manifest,
+    multicaption_note,
 )
 from mmalign.io import write_csv, write_json, write_parquet
 
@@ -61,6 +62,7 @@ __all__ = [
     "PrepareReport",
     "RawImage",
     "build_manifest",
+    "multicaption_note",
     "prepare_dataset",
     "prepare_to_files",
 ]

@@ -3,9 +3,23 @@
 An adapter reads one raw format and yields :class:`RawImage` records (one per
 image, its captions in the dataset's own order). :func:`build_manifest` turns
 them into the manifest: one row per caption with the columns
-``image_id, image_path, caption, caption_idx, split``. Bad input is either an
-error naming the file and row, or a counted skip recorded in the report,
-depending on ``on_bad_input``; nothing is dropped silently.
+``image_id, image_path, caption, caption_idx, split, eval_split``. Bad input is
+either an error naming the file and row, or a counted skip recorded in the
+report, depending on ``on_bad_input``; nothing is dropped silently.
+
+The two split columns answer two questions and never stand in for each other:
+
+- ``split`` (``splits.source``): train/val/test of the workflow's own
+  experiments: the learned stage (the paper's random 80/10/10), the PCA
+  adapter's fit and QB-Norm's query bank. A seeded random split by default.
+- ``eval_split`` (``splits.eval_source``): the split the ``multicaption``
+  protocol scores (``retrieval.multicaption_split`` of it). ``split`` (the
+  default) copies ``split``; ``dataset`` takes the split the file gives, e.g.
+  Karpathy's 1K Flickr30K test split for the paper's Table 5, whatever
+  ``splits.source`` is.
+
+Both are always one of ``train``, ``val``, ``test``, and constant over the
+captions of one image.
 """
 
 from __future__ import annotations
@@ -25,8 +39,11 @@ from mmalign.images import ImageReadError, probe_image
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["image_id", "image_path", "caption", "caption_idx", "split"]
+MANIFEST_COLUMNS = ["image_id", "image_path", "caption", "caption_idx", "split", "eval_split"]
 SPLITS = ("train", "val", "test")
+# splits.source fills `split`; splits.eval_source fills `eval_split`.
+SPLIT_SOURCES = ("random", "dataset")
+EVAL_SOURCES = ("split", "dataset")
 
 
 class DatasetError(ValueError):
@@ -38,7 +55,8 @@ class RawImage:
     """One image and its captions as an adapter read them.
 
     ``where`` says where the record came from (``"results.csv:17"``), for error
-    messages. ``split`` is the dataset's own split (Karpathy JSON), else None.
+    messages. ``split`` is the dataset's own split (Karpathy JSON, a folder's
+    ``split`` column), else None.
     ``caption_where`` optionally locates each caption separately.
     """
 
@@ -91,6 +109,10 @@ class PrepareReport:
             "splits": {
                 s: int(manifest.loc[manifest["split"] == s, "image_id"].nunique()) for s in SPLITS
             },
+            "eval_splits": {
+                s: int(manifest.loc[manifest["eval_split"] == s, "image_id"].nunique())
+                for s in SPLITS
+            },
             "skipped": self.skipped_by_reason(),
             **self.notes,
         }
@@ -102,7 +124,8 @@ class ManifestOptions:
 
     captions: str = "first"  # "first" (the paper's 1:1) or "all"
     max_images: int | None = None
-    split_source: str = "random"  # "random" or "dataset"
+    split_source: str = "random"  # "random" or "dataset": fills `split`
+    eval_source: str = "split"  # "split" (a copy of `split`) or "dataset": fills `eval_split`
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     check_images: bool = True
     seed: int = 0
@@ -114,6 +137,7 @@ class ManifestOptions:
             captions=dataset_cfg.get("captions", "first"),
             max_images=dataset_cfg.get("max_images"),
             split_source=splits.get("source", "random"),
+            eval_source=splits.get("eval_source", "split"),
             split_fractions=(
                 splits.get("train", 0.8),
                 splits.get("val", 0.1),
@@ -148,14 +172,27 @@ def assign_splits(
     return out
 
 
+def _check_dataset_splits(kept: list[RawImage], key: str, dataset: str) -> None:
+    """Every record has a split of its own, as ``splits.<key>: dataset`` needs."""
+    for rec in kept:
+        if rec.split not in SPLITS:
+            raise DatasetError(
+                f"{rec.where}: splits.{key} is 'dataset' but image {rec.image_id!r} has split "
+                f"{rec.split!r} (needed one of {list(SPLITS)}); give the file's split (Karpathy "
+                f"JSON, a folder's 'split' column), or set datasets.{dataset}.splits.{key}: "
+                f"{'random' if key == 'source' else 'split'}."
+            )
+
+
 def build_manifest(
     records: Iterable[RawImage], opts: ManifestOptions, report: PrepareReport
 ) -> pd.DataFrame:
     """Validate adapter records and apply the protocol options.
 
     Order of operations: per-record checks (duplicate id, missing or unreadable
-    image, empty captions), then the seeded ``max_images`` subset, then splits,
-    then the caption protocol (first caption only, or all of them).
+    image, empty captions), then the seeded ``max_images`` subset, then the
+    two split columns (``split`` and ``eval_split``, see the module
+    docstring), then the caption protocol (first caption only, or all of them).
     """
     seen: dict[str, str] = {}
     kept: list[RawImage] = []
@@ -206,22 +243,85 @@ def build_manifest(
         pick = np.random.default_rng(opts.seed).choice(len(kept), opts.max_images, replace=False)
         kept = [kept[i] for i in sorted(pick)]
 
+    if opts.split_source not in SPLIT_SOURCES:
+        raise ValueError(f"splits.source {opts.split_source!r}; known: {SPLIT_SOURCES}")
+    if opts.eval_source not in EVAL_SOURCES:
+        raise ValueError(f"splits.eval_source {opts.eval_source!r}; known: {EVAL_SOURCES}")
+    for key, source in (("source", opts.split_source), ("eval_source", opts.eval_source)):
+        if source == "dataset":
+            _check_dataset_splits(kept, key, report.dataset)
+    file_split = {r.image_id: str(r.split) for r in kept}
     if opts.split_source == "dataset":
-        for rec in kept:
-            if rec.split not in SPLITS:
-                raise DatasetError(
-                    f"{rec.where}: split source is 'dataset' but image {rec.image_id!r} has "
-                    f"split {rec.split!r}; use splits.source: random for this format."
-                )
-        split_of = {r.image_id: r.split for r in kept}
+        split_of = file_split
     else:
         split_of = assign_splits([r.image_id for r in kept], opts.split_fractions, opts.seed)
+    eval_of = file_split if opts.eval_source == "dataset" else split_of
 
     rows = []
     for rec in kept:
         caps = rec.captions[:1] if opts.captions == "first" else rec.captions
         for idx, cap in enumerate(caps):
-            rows.append((rec.image_id, str(rec.image_path), cap, idx, split_of[rec.image_id]))
+            rows.append((
+                rec.image_id, str(rec.image_path), cap, idx,
+                split_of[rec.image_id], eval_of[rec.image_id],
+            ))  # fmt: skip
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["caption_idx"] = manifest["caption_idx"].astype("int32")
     return manifest.sort_values(["image_id", "caption_idx"], kind="stable").reset_index(drop=True)
+
+
+def multicaption_note(
+    images: pd.DataFrame,
+    texts: pd.DataFrame,
+    split: str,
+    dataset: str,
+    captions: str | None = None,
+) -> str:
+    """Why the ``multicaption`` protocol cannot be scored on ``dataset``, or ``""``.
+
+    ``images`` and ``texts`` are an embeddings folder's ``images.parquet``
+    (``eval_split`` per image) and ``texts.parquet`` (``image_row`` per
+    caption); ``split`` is ``retrieval.multicaption_split``; ``captions`` the
+    dataset's ``captions`` key, when known, to name the fix. The protocol scores
+    the images whose ``eval_split`` is ``split``, each with all its captions.
+    The note (``"n/a: ..."``) is returned when no image is in that split, or
+    when every one of them has exactly one caption: image-to-text precision@K
+    could then not exceed 1/K (0.2 at K = 5) and the protocol would repeat
+    ``full`` on fewer images. Images with one caption among others with
+    several are fine (each query's recall@K divides by its own count).
+    """
+    if "eval_split" not in images.columns:
+        raise DatasetError(
+            f"dataset '{dataset}': images.parquet has no eval_split column (embeddings made "
+            "before it existed); re-run prepare and the embed rules"
+        )
+    rows = np.flatnonzero(images["eval_split"].to_numpy() == split)
+    if len(rows) == 0:
+        return (
+            f"n/a: no image of dataset '{dataset}' is in eval split {split!r} "
+            f"(retrieval.multicaption_split; datasets.{dataset}.splits.eval_source picks "
+            "the eval_split column)"
+        )
+    per_image = np.bincount(texts["image_row"].to_numpy(dtype=np.int64), minlength=len(images))
+    if per_image[rows].max() > 1:
+        return ""
+    if captions == "first":
+        fix = (
+            f"datasets.{dataset}.captions is 'first': set it to 'all', or remove 'multicaption' "
+            "from retrieval.protocols"
+        )
+    elif captions == "all":
+        fix = (
+            f"datasets.{dataset}.captions is 'all' but the data has one caption per image: "
+            "remove 'multicaption' from retrieval.protocols for it"
+        )
+    else:
+        fix = (
+            f"set datasets.{dataset}.captions: all if the data has several captions per "
+            "image, or remove 'multicaption' from retrieval.protocols"
+        )
+    return (
+        f"n/a: every one of the {len(rows)} images in eval split {split!r} of dataset "
+        f"'{dataset}' has one caption, so image-to-text precision@K could not exceed 1/K "
+        f"(0.2 at K = 5); {fix}"
+    )

@@ -12,6 +12,12 @@ is the image's path relative to ``images_dir`` (an absolute path stays
 absolute); it is also the image's id. Several rows for one image are several
 captions, in file order. Blank JSONL lines are ignored.
 
+An optional ``split`` column (key) gives the dataset's own split of each
+image (``train``, ``val`` or ``test``), the one ``splits.source: dataset`` and
+``splits.eval_source: dataset`` take; an empty value is no split. The rows of
+one image must agree on it: a row that gives another split than the image's
+earlier rows is bad input (``conflicting_split``).
+
 A file without an ``image`` or ``caption`` column is unusable as a whole
 (:class:`DatasetError`); a row that is malformed (wrong number of CSV fields,
 invalid JSON, an empty ``image``) is bad input: an error or a counted skip,
@@ -33,6 +39,7 @@ from typing import Any, Literal
 from mmalign.datasets.base import DatasetError, PrepareReport, RawImage
 
 NEEDED_COLUMNS = ("image", "caption")
+SPLIT_COLUMN = "split"
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -181,6 +188,7 @@ def read(cfg: dict[str, Any], report: PrepareReport) -> list[RawImage]:
         )
 
     grouped: dict[str, tuple[Path, str, list[str], list[str]]] = {}
+    split_of: dict[str, tuple[str | None, str]] = {}  # image id -> (split, where it was given)
     for line, row in rows:
         where = f"{captions_file}:{line}"
         image, caption = row.get("image"), row.get("caption")
@@ -190,12 +198,29 @@ def read(cfg: dict[str, Any], report: PrepareReport) -> list[RawImage]:
         if not isinstance(caption, str):
             report.bad("malformed_row", where, f"'caption' is missing or not text: {caption!r}")
             continue
+        raw_split = row.get(SPLIT_COLUMN)
+        if raw_split is not None and not isinstance(raw_split, str):
+            report.bad("malformed_row", where, f"'split' is not text: {raw_split!r}")
+            continue
+        split = (raw_split or "").strip() or None
         image_id = Path(image.strip()).as_posix()
+        if image_id in split_of and split_of[image_id][0] != split:
+            first_split, first_where = split_of[image_id]
+            report.bad(
+                "conflicting_split",
+                where,
+                f"image {image_id!r} has split {split!r} here but {first_split!r} at "
+                f"{first_where}; give every row of an image the same split",
+            )
+            continue
+        split_of.setdefault(image_id, (split, where))
         if image_id not in grouped:
             grouped[image_id] = (images_dir / image_id, where, [], [])
         grouped[image_id][2].append(caption)
         grouped[image_id][3].append(where)
     return [
-        RawImage(image_id, path, tuple(caps), where, caption_where=tuple(wheres))
+        RawImage(
+            image_id, path, tuple(caps), where, split_of[image_id][0], caption_where=tuple(wheres)
+        )
         for image_id, (path, where, caps, wheres) in grouped.items()
     ]

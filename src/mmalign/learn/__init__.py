@@ -59,7 +59,7 @@ from mmalign.learn.mlp import (
     trials_table,
 )
 from mmalign.metrics import FIXED_METRICS
-from mmalign.retrieval import RetrievalOptions
+from mmalign.retrieval import RetrievalOptions, hubness_rows, ranks_table, write_ranks
 
 __all__ = [
     "VARIANTS",
@@ -116,10 +116,13 @@ def learn_job(
     out_rows: str | Path,
     out_weights: str | Path,
     out_trials: str | Path,
+    out_ranks: str | Path,
+    out_hubness: str | Path,
     study_dir: str | Path,
     label: dict[str, str],
 ) -> dict[str, Any]:
-    """The ``learn`` rule: one variant on one (dataset, encoder); writes the four outputs."""
+    """The ``learn`` rule: one variant on one (dataset, encoder); writes its outputs
+    (the rows' per-query ranks and hubness too, as the retrieval rule does)."""
     start = time.perf_counter()
     torch.set_num_threads(max(1, threads))
     # Optuna's trial messages go to the rule's log, not to a handler of its own.
@@ -160,6 +163,8 @@ def learn_job(
     }
     write_parquet(result_frame(out.rows), out_rows)
     write_parquet(out.trials, out_trials)
+    write_ranks(ranks_table(out.ranked, emb.texts, emb.images), out_ranks)
+    write_parquet(hubness_rows(out.ranked), out_hubness)
     write_safetensors(out.tensors, out.metadata, out_weights)
     write_json(summary, out_summary)
     log.info("%s: done in %.1f s", variant, summary["seconds_total"])

@@ -10,14 +10,19 @@ paper's recipe:
 - ``paper``: the contrastive loss (Eq. 1, 3-4), Adam at ``lr`` times the
   per-epoch factor 1 / (1 + 2^(0.5 c)), the paper's early stopping (< 1%
   better than the previous epoch for 5 epochs), at most ``paper_epochs``,
-  ``negatives[0]`` negatives per positive;
+  ``negatives[0]`` negatives per positive, one MLP per direction (t2i: text
+  anchors with sampled images; i2t: image anchors with sampled texts);
 - ``no_schedule``: the base rate in every epoch (the factor halves the rate in
   the first epoch and makes it ~0.1% of it by epoch 20: the schedule's whole
   sum is about 2.3 epochs at the base rate);
 - ``negatives_<n>``: n negatives per positive for each further value of
   ``negatives``;
 - ``converge``: training to convergence, at most ``converge_epochs`` with a
-  patient rule (no better than the best for ``converge_patience`` epochs);
+  patient rule: stop once ``converge_patience`` consecutive epochs are no
+  better than the best validation loss so far (``EarlyStopping`` with
+  ``against="best"``, ``min_delta`` 0), so a loss that zigzags while it
+  creeps up does not keep training alive, as the paper's previous-epoch rule
+  would;
 - ``no_schedule_converge``: both of the above;
 - ``balanced``: the positive and the negatives weighted 1/2 each instead of
   Eq. 3-4's 1/N and (N - 1)/N: with the paper's averaging a model that
@@ -28,11 +33,15 @@ paper's recipe:
 - ``mse``: the MSE target (the pair's cosine) instead of the contrastive
   loss (n/a when the two dimensions differ: the target does not exist).
 
-Each variant is trained per direction as the paper does (a text-anchored MLP
-ranks images for text queries, an image-anchored one texts for image queries;
-MSE: one MLP for both) and scored on the test split by the retrieval engine,
-metric ``mlp_ablation:<variant>``. Only the validation loss selects anything
-(the best epoch); the test split is only scored.
+Every variant, ``mse`` included, is trained per direction as the paper does (a
+text-anchored MLP ranks images for text queries, an image-anchored one texts
+for image queries; see :func:`recipes`), so in each direction a variant
+differs from ``paper`` in its named factor only. (The learned variant
+``mlp_mse`` trains one text-anchored MLP for both directions; here that would
+change two factors for i2t, the loss and the anchor.) Each is scored on the
+test split by the retrieval engine, metric ``mlp_ablation:<variant>``. Only
+the validation loss selects anything (the best epoch); the test split is only
+scored.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import pandas as pd
 import torch
 
 from mmalign.learn.common import (
+    DIRECTIONS,
     PairSplits,
     dimension_note,
     na_rows,
@@ -56,13 +66,11 @@ from mmalign.learn.common import (
 from mmalign.learn.mlp import (
     MLPOptions,
     SimilarityMLP,
-    _anchor,
     lr_factor,
-    mlp_directions,
     score_mlps,
     train_mlp,
 )
-from mmalign.retrieval import RetrievalOptions
+from mmalign.retrieval import QueryRanks, RetrievalOptions, ranks_table, write_ranks
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +118,7 @@ def variants(base: MLPOptions, opts: AblationOptions) -> list[Variant]:
         min_delta=0.01,
     )
     converge = {"max_epochs": opts.converge_epochs, "patience": opts.converge_patience,
-                "min_delta": 0.0}  # fmt: skip
+                "min_delta": 0.0, "stop_against": "best"}  # fmt: skip
     out = [
         Variant("paper", "the paper's recipe", "contrastive", paper),
         Variant("no_schedule", "constant learning rate", "contrastive",
@@ -134,6 +142,24 @@ def variants(base: MLPOptions, opts: AblationOptions) -> list[Variant]:
     return out
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a variant trains the MLP of one direction: the loss, the anchored side
+    (``"t2i"``: text anchors with sampled images; ``"i2t"``: image anchors with
+    sampled texts) and the options."""
+
+    loss: str
+    anchor: str
+    opts: MLPOptions
+
+
+def recipes(variant: Variant) -> dict[str, Recipe]:
+    """Each direction's training recipe: one MLP per direction, anchored on its
+    query side, for every variant (the paper's per-direction training), so a
+    variant's recipe differs from ``paper``'s in its named factor only."""
+    return {direction: Recipe(variant.loss, direction, variant.opts) for direction in DIRECTIONS}
+
+
 def run_ablation(
     splits: PairSplits,
     base: MLPOptions,
@@ -142,9 +168,11 @@ def run_ablation(
     seed: int,
     device: torch.device,
     label: dict[str, str],
+    sink: list[QueryRanks] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and score every variant: (retrieval rows, per-epoch curves with
-    ``variant, direction, epoch, train_loss, val_loss, lr``)."""
+    ``variant, direction, epoch, train_loss, val_loss, lr``); the per-query
+    outcomes go to ``sink``."""
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     val_seed = trial_seed(seed, 7)
@@ -156,10 +184,10 @@ def run_ablation(
             rows += na_rows(metric, len(splits.test), note, label, ropts)
             continue
         models: dict[str, SimilarityMLP] = {}
-        for k, direction in enumerate(mlp_directions(variant.loss)):
+        for k, (direction, recipe) in enumerate(recipes(variant).items()):
             # The same seeds for every variant: same weights, batches and negatives.
             models[direction], history = train_mlp(
-                splits, list(opts.hidden), variant.loss, _anchor(direction), variant.opts,
+                splits, list(opts.hidden), recipe.loss, recipe.anchor, recipe.opts,
                 trial_seed(seed, 11, k), val_seed, device,
             )  # fmt: skip
             for epoch, (train, val) in enumerate(
@@ -171,7 +199,7 @@ def run_ablation(
                                "lr": variant.opts.lr * factor,
                                "best": epoch == history.best_epoch})  # fmt: skip
 
-        scored, summary = score_mlps(models, splits.test, metric, label, ropts, device)
+        scored, summary = score_mlps(models, splits.test, metric, label, ropts, device, sink)
         rows += scored
         log.info("%s (%s): test hit@1 t2i %.4f, i2t %.4f", variant.name, variant.changes,
                  summary["t2i"]["hit_at_1"],
@@ -187,9 +215,11 @@ def ablation_job(
     threads: int,
     out_rows: str | Path,
     out_curves: str | Path,
+    out_ranks: str | Path,
     label: dict[str, str],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``mlp_ablation`` rule: the variants' test rows and their loss curves."""
+    """The ``mlp_ablation`` rule: the variants' test rows, their per-query ranks
+    and their loss curves."""
     from mmalign.embed import Embeddings
     from mmalign.io import write_parquet
     from mmalign.learn.common import SplitTooSmall, pair_splits, torch_device
@@ -198,6 +228,7 @@ def ablation_job(
     ropts = RetrievalOptions.from_config(retrieval_cfg, seed)
     opts = AblationOptions.from_config(learn_cfg["ablation"])
     emb = Embeddings.load(embeddings_dir)
+    ranked: list[QueryRanks] = []
     try:
         splits = pair_splits(emb, learn_cfg["max_pairs"], seed, where=str(embeddings_dir))
     except SplitTooSmall as err:
@@ -208,7 +239,8 @@ def ablation_job(
     else:
         base = MLPOptions.from_config(learn_cfg["mlp"])
         rows, curves = run_ablation(splits, base, opts, ropts, seed,
-                                    torch_device(learn_cfg["device"]), label)  # fmt: skip
+                                    torch_device(learn_cfg["device"]), label, ranked)  # fmt: skip
     write_parquet(rows, out_rows)
     write_parquet(curves, out_curves)
+    write_ranks(ranks_table(ranked, emb.texts, emb.images), out_ranks)
     return rows, curves

@@ -57,6 +57,7 @@ from mmalign.learn.common import (
     PairSplit,
     PairSplits,
     TrainHistory,
+    direction_rows,
     direction_task,
     fit,
     na_rows,
@@ -66,7 +67,7 @@ from mmalign.learn.common import (
 )
 from mmalign.learn.mlp import VariantOutput, history_attrs, trials_table
 from mmalign.metrics import FIXED_METRICS, Scorer
-from mmalign.retrieval import RetrievalOptions, Task, relevant_ranks, score_task
+from mmalign.retrieval import QueryRanks, RetrievalOptions, Task, relevant_ranks, score_task
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,10 @@ def fixed_metric_rows(
     label: dict[str, str],
     opts: RetrievalOptions,
     note: str = "",
+    sink: list[QueryRanks] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, float]]]]:
-    """Rows of the fixed metrics on one split's pairs, metric ``m`` reported as ``names[m]``."""
+    """Rows of the fixed metrics on one split's pairs, metric ``m`` reported as
+    ``names[m]``; the per-query outcomes go to ``sink``."""
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, dict[str, float]]] = {}
     if note:
@@ -275,15 +278,22 @@ def fixed_metric_rows(
         summary[name] = {}
         for direction in DIRECTIONS:
             task = direction_task(split, direction)
-            ranks = score_task(task, metric, None, opts)
+            occurrence = np.zeros(len(task.gallery), dtype=np.int64)
+            ranks = score_task(task, metric, None, opts, occurrence)
             base = {**label, "protocol": PROTOCOL, "direction": direction, "metric": name}
             r, summary[name][direction] = ranked_rows(ranks, task, base, opts)
             rows += r
+            if sink is not None:
+                sink.append(QueryRanks.of(base, task, ranks, *direction_rows(split, direction),
+                                          occurrence))  # fmt: skip
     return rows, summary
 
 
 def raw_reference(
-    splits: PairSplits, label: dict[str, str], opts: RetrievalOptions
+    splits: PairSplits,
+    label: dict[str, str],
+    opts: RetrievalOptions,
+    sink: list[QueryRanks] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The frozen embeddings' fixed metrics on the same test pairs."""
     note = ""
@@ -292,7 +302,7 @@ def raw_reference(
             f"n/a: image {splits.dim_image}-d vs text {splits.dim_text}-d; metrics between "
             "the raw spaces need equal dimensions (use an adapter)"
         )
-    return fixed_metric_rows(splits.test, {m: m for m in FIXED_METRICS}, label, opts, note)
+    return fixed_metric_rows(splits.test, {m: m for m in FIXED_METRICS}, label, opts, note, sink)
 
 
 def run_align_variant(
@@ -306,8 +316,9 @@ def run_align_variant(
     """Train the heads, then retrieve in the shared space with every fixed metric."""
     model, history = train_align(splits, opts, trial_seed(seed, 0), device)
     aligned = project(model, splits.test, device)
-    rows, test = fixed_metric_rows(aligned, ALIGNED_METRICS, label, ropts)
-    raw_rows, raw_test = raw_reference(splits, label, ropts)
+    ranked: list[QueryRanks] = []
+    rows, test = fixed_metric_rows(aligned, ALIGNED_METRICS, label, ropts, sink=ranked)
+    raw_rows, raw_test = raw_reference(splits, label, ropts, ranked)
     params = dict(opts.__dict__)
     trial = optuna.trial.create_trial(
         params={},
@@ -337,7 +348,7 @@ def run_align_variant(
         "inputs": "standardised with the stored train means and stds",
     }
     return VariantOutput(
-        rows + raw_rows, summary, tensors, metadata, trials_table([trial], "fixed")
+        rows + raw_rows, summary, tensors, metadata, trials_table([trial], "fixed"), ranked
     )
 
 
@@ -445,8 +456,9 @@ def run_linear_variant(
     assert best is not None
     value, ridge, k, number = best
     cca = fits[ridge]
+    ranked: list[QueryRanks] = []
     rows, test = fixed_metric_rows(cca.project(splits.test, k), {"cosine": "align_linear"},
-                                   label, ropts)  # fmt: skip
+                                   label, ropts, sink=ranked)  # fmt: skip
     summary = {
         "status": "ok",
         "method": "regularised CCA, cosine",
@@ -468,4 +480,4 @@ def run_linear_variant(
     }
     metadata = {"variant": "align_linear", "use": "(x - mean) @ proj, then cosine",
                 "dim": str(k), "ridge": str(ridge)}  # fmt: skip
-    return VariantOutput(rows, summary, tensors, metadata, trials_table(trials, "grid"))
+    return VariantOutput(rows, summary, tensors, metadata, trials_table(trials, "grid"), ranked)

@@ -27,6 +27,7 @@ from mmalign.embed import Embeddings
 from mmalign.io import atomic_path
 from mmalign.retrieval import (
     RESULT_COLUMNS,
+    QueryRanks,
     RetrievalOptions,
     Task,
     bootstrap,
@@ -87,8 +88,10 @@ def pair_splits(
     emb: Embeddings, max_pairs: int | None, seed: int, where: str = "embeddings"
 ) -> PairSplits:
     """First-caption pairs, a seeded subset of ``max_pairs`` (None = all), split
-    by the manifest's ``split`` column. Raises :class:`LearnError` naming
-    ``where`` when a split has fewer than 2 pairs."""
+    by the manifest's ``split`` column (``splits.source``: the paper's random
+    80/10/10 by default), never by ``eval_split``, which only says which images
+    the multicaption protocol scores (e.g. Karpathy's 1K test split). Raises
+    :class:`LearnError` naming ``where`` when a split has fewer than 2 pairs."""
     text_rows, image_rows = first_caption_pairs(emb)
     if max_pairs is not None and max_pairs < len(text_rows):
         pick = np.sort(np.random.default_rng(seed).choice(len(text_rows), max_pairs, replace=False))
@@ -270,6 +273,12 @@ class BlockScorer(Protocol):
     def block(self, queries: torch.Tensor, out: torch.Tensor) -> torch.Tensor: ...
 
 
+def direction_rows(split: PairSplit, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, gallery rows) of one direction's task, in the embeddings' .npy files."""
+    return (split.text_rows, split.image_rows) if direction == "t2i" else (
+        split.image_rows, split.text_rows)  # fmt: skip
+
+
 def direction_task(split: PairSplit, direction: str) -> Task:
     """The test task of one direction: t2i = text queries over images, i2t the reverse."""
     if direction == "t2i":
@@ -300,9 +309,11 @@ def score_learned(
     metric: str,
     label: dict[str, str],
     opts: RetrievalOptions,
+    sink: list[QueryRanks] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Rank every test candidate for every test query, both directions, with the
-    retrieval module's exact engine; ``scorer_for(direction)`` gives the scorer."""
+    retrieval module's exact engine; ``scorer_for(direction)`` gives the scorer.
+    Each direction's :class:`~mmalign.retrieval.QueryRanks` goes to ``sink``."""
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, float]] = {}
     for direction in DIRECTIONS:
@@ -310,10 +321,15 @@ def score_learned(
         log.info(
             "%s %s: %d queries x %d items", metric, direction, task.n_queries, len(task.gallery)
         )
-        ranks = relevant_ranks(scorer_for(direction), task, opts.block_mb)  # type: ignore[arg-type]
+        occurrence = np.zeros(len(task.gallery), dtype=np.int64)
+        scorer = scorer_for(direction)
+        ranks = relevant_ranks(scorer, task, opts.block_mb, occurrence)  # type: ignore[arg-type]
         base = {**label, "protocol": PROTOCOL, "direction": direction, "metric": metric}
         r, summary[direction] = ranked_rows(ranks, task, base, opts)
         rows += r
+        if sink is not None:
+            sink.append(QueryRanks.of(base, task, ranks, *direction_rows(test, direction),
+                                      occurrence))  # fmt: skip
     return rows, summary
 
 

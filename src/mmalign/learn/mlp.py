@@ -39,7 +39,8 @@ two MSE MLPs would estimate twice.
 
 Training (Section 3, last paragraph): Adam (beta 0.9, 0.999), learning rate
 5e-5 times 1 / (1 + 2^(0.5 c)) in epoch c (0-based), at most ``max_epochs``
-epochs, early stopping as :class:`mmalign.learn.common.EarlyStopping`, the best
+epochs, early stopping as :class:`mmalign.learn.common.EarlyStopping` (the
+paper's previous-epoch rule unless ``stop_against`` says ``"best"``), the best
 epoch's weights kept. Retrieval ranks every test candidate of every test query
 by Z, in both directions: n_test^2 forward passes, batched. The first layer is
 split as ``W [x; y] + b = W_x x + W_y y + b``, so each item's half is computed
@@ -62,7 +63,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ from mmalign.learn.common import (
     trial_seed,
     write_safetensors,
 )
-from mmalign.retrieval import RetrievalOptions
+from mmalign.retrieval import QueryRanks, RetrievalOptions
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class MLPOptions:
     down_hidden: tuple[int, ...] = (500, 300, 100)
     lr_schedule: bool = True  # the paper's per-epoch factor; False = constant lr
     balanced: bool = False  # positives and negatives weighted 1/2 each, not 1/N and (N-1)/N
+    stop_against: str = "previous"  # EarlyStopping's reference: "previous" (paper) or "best"
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> MLPOptions:
@@ -316,7 +318,7 @@ def train_mlp(
         schedule.step()
         return total / train.n, validation_loss(model, val, val_negatives, anchor, loss)
 
-    stopper = EarlyStopping(opts.patience, opts.min_delta)
+    stopper = EarlyStopping(opts.patience, opts.min_delta, opts.stop_against)
     label = f"{loss} {anchor} {'-'.join(map(str, hidden))}"
     history = fit(model, opts.max_epochs, stopper, epoch, label)
     return model, history
@@ -360,6 +362,7 @@ def score_mlps(
     label: dict[str, str],
     ropts: RetrievalOptions,
     device: torch.device,
+    sink: list[QueryRanks] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Test retrieval with trained MLPs (``both``, or one per direction) in both
     directions, as :func:`mmalign.learn.common.score_learned` scores it."""
@@ -369,7 +372,7 @@ def score_mlps(
         gallery = test.image if direction == "t2i" else test.text
         return MLPScorer(model, gallery, direction, device, ropts.block_mb)
 
-    return score_learned(scorer_for, test, metric, label, ropts)
+    return score_learned(scorer_for, test, metric, label, ropts, sink)
 
 
 # ---- the Optuna study --------------------------------------------------------
@@ -501,6 +504,7 @@ class VariantOutput:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     trials: pd.DataFrame
+    ranked: list[QueryRanks] = field(default_factory=list)  # per-query outcomes of ``rows``
 
 
 def data_digest(splits: PairSplits) -> str:
@@ -661,7 +665,9 @@ def run_mlp_variant(
             "best_val_loss": attrs[f"best_val_loss_{d}"],
         }
 
-    rows, summary["test"][variant] = score_mlps(models, splits.test, variant, label, ropts, device)
+    ranked: list[QueryRanks] = []
+    rows, summary["test"][variant] = score_mlps(models, splits.test, variant, label, ropts, device,
+                                                ranked)  # fmt: skip
     summary["status"] = "ok"
     metadata = {
         "variant": variant,
@@ -674,4 +680,5 @@ def run_mlp_variant(
         "study": study_name,
         "trial": str(best_number),
     }
-    return VariantOutput(rows, summary, _pack(models), metadata, trials_table(trials, study_name))
+    return VariantOutput(rows, summary, _pack(models), metadata, trials_table(trials, study_name),
+                         ranked)  # fmt: skip
