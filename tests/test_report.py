@@ -183,3 +183,42 @@ def test_beyond_sections_alignment_and_gap_shift(tmp_path: Path) -> None:
     # 30 discordant queries, all one way: chi2 cc = 29^2 / 30 = 28.0, p = 1.2e-07.
     assert "McNemar (chi2 cc) p = 1.2e-07" in report
     assert "So closing the gap raises hit@1 (paired, Holm p < 0.05)." in report
+
+
+def test_aligned_space_and_ablation_verdicts_are_paired_differences() -> None:
+    from mmalign.report import ablation_verdict, aligned_space_verdict, hubness_table
+
+    n = 200
+    first = np.arange(n)
+
+    def frame(metric: str, hits: int, **label: str) -> pd.DataFrame:
+        return pd.DataFrame({"dataset": "d", "encoder": "e", "protocol": "learned_test",
+                             "direction": "t2i", "metric": metric, "query": first,
+                             "image_id": [f"im{i}" for i in first], "caption_idx": 0,
+                             "rank": np.where(first < hits, 1, 9), **label})  # fmt: skip
+
+    # align hits the first 60 queries, Euclidean the first 20, the best MLP 2 and the other 1.
+    ranks = pd.concat([frame("align", 60), frame("align_euclidean", 20),
+                       frame("mlp_contrastive", 2), frame("mlp_down", 1)])  # fmt: skip
+    ablation = pd.concat([frame("mlp_ablation:paper", 1), frame("mlp_ablation:balanced", 30)])
+    paired = paired_comparisons(ranks, ablation=ablation, ks=(1,), n_boot=200)
+    text = aligned_space_verdict(paired)
+    assert "- d / e, t2i: cosine vs euclidean: Δ hit@1 = +20.0 [" in text
+    assert "(higher)" in text and "align vs the best MLP (mlp_contrastive, 1.0%): " in text
+    assert "Δ hit@1 = +29.0 [" in text
+    rows = pd.DataFrame([
+        {"dataset": "d", "encoder": "e", "protocol": "learned_test", "direction": direction,
+         "metric": metric, "k": 1, "measure": "hit", "value": value, "n_queries": n}
+        for metric, value in (("mlp_ablation:paper", 0.005), ("mlp_ablation:balanced", 0.15))
+        for direction in ("t2i", "i2t")
+    ])  # fmt: skip
+    verdict = ablation_verdict(rows, paired)
+    # Only t2i was paired here, so balanced does not win in *both* directions.
+    assert "No variant beats the paper's recipe in both directions" in verdict
+    assert "  - balanced: t2i Δ hit@1 = +14.5 [" in verdict
+    hubness = pd.DataFrame({"dataset": "d", "encoder": "e", "protocol": "subset",
+                            "direction": ["t2i", "i2t"], "metric": "cosine", "k": 10,
+                            "skewness": [1.5, 0.25], "never_in_top_k": [0.3, 0.1]})  # fmt: skip
+    _, shown = hubness_table(hubness)
+    assert shown.loc[("d", "e", "subset", "cosine"), "t2i N10 skewness"] == "1.50"
+    assert shown.loc[("d", "e", "subset", "cosine"), "i2t never in a top 10"] == "10.0%"

@@ -527,8 +527,7 @@ def build_report(
             "similarities retrieve as well while scoring unrelated pairs low?",
             "beyond_calibrated_t2i", numbers, shown, best)  # fmt: skip
 
-    numbers, shown = hubness_table(hubness if hubness is not None else pd.DataFrame(
-        columns=["protocol"]))  # fmt: skip
+    numbers, shown = hubness_table(hubness) if hubness is not None else (pd.DataFrame(), None)
     if not numbers.empty:
         add("Beyond the paper: hubness of each gallery, by metric and space",
             "Skewness of the k-occurrence N10 (how many queries have an item in their top 10; "
