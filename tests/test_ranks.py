@@ -171,7 +171,7 @@ def test_cluster_bootstrap_covers_where_the_query_bootstrap_does_not() -> None:
     clustered = coverage(draw, 0.3, 200, clusters=images)
     naive = coverage(draw, 0.3, 200)
     assert clustered >= 0.90
-    assert naive < clustered - 0.1  # measured: 0.70 against 0.93
+    assert naive < clustered - 0.1  # measured: 0.835 against 0.955 (the query bootstrap: 0.97)
 
 
 def test_single_query_clusters_are_the_query_bootstrap() -> None:

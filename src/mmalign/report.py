@@ -469,8 +469,12 @@ def build_report(
         "resamples), over images under the multi-caption protocol (all captions of an image "
         "resampled together); the alignment measures name their own method. Bold = best in "
         "its column for that dataset. Chance hit@K is K / gallery size (0.1% hit@1 for "
-        "1,000 pairs). Differences between systems are paired (same queries): see "
-        "`results/stats/paired.parquet`.\n",
+        "1,000 pairs). Differences between systems (Δ, b - a, in points) are paired, on the "
+        "same queries: a paired-bootstrap 95% interval (whole images resampled where "
+        "queries share one), McNemar's test on hit@K (exact binomial under 25 discordant "
+        "queries, else chi-square with continuity correction; clustered where queries share "
+        "an image) and Holm's correction within each family of comparisons "
+        "(`results/stats/paired.parquet`).\n",
     ]
 
     def add(title: str, blurb: str, name: str, numbers: pd.DataFrame, shown: pd.DataFrame,
