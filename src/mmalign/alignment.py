@@ -132,7 +132,6 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +139,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from mmalign import seeding
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +385,8 @@ def permutation_values(
     measure: Measure, grams: Grams, n_permutations: int, seed: int
 ) -> np.ndarray:
     """``measure`` with the pairing shuffled, once per seeded permutation
-    (``numpy.random.default_rng(seed).permutation(n)``, drawn in turn)."""
-    rng = np.random.default_rng(seed)
+    (``seeding.rng(seed).permutation(n)``, drawn in turn)."""
+    rng = seeding.rng(seed)
     n = grams.n_items
     permutations = np.array([rng.permutation(n) for _ in range(n_permutations)], dtype=np.intp)
     batches = np.array_split(permutations, max(1, -(-n_permutations // _batch_size(n))))
@@ -424,7 +425,7 @@ def half_sample_size(n: int) -> int:
 def half_sample_subsets(n: int, n_subsets: int, seed: int) -> np.ndarray:
     """``n_subsets`` x ``m`` item indices: each row a seeded draw of
     :func:`half_sample_size` items without replacement, in increasing order."""
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     order = np.argsort(rng.random((n_subsets, n)), axis=1)
     return np.sort(order[:, : half_sample_size(n)], axis=1)
 
@@ -508,7 +509,7 @@ def alignment_measures(
     (JSON-ready)."""
     _check_pairs(text, image)
     n = len(text)
-    rng = np.random.default_rng([seed, zlib.crc32(b"alignment")])
+    rng = seeding.rng(seed, "alignment")
     rows = np.sort(rng.choice(n, min(opts.sample, n), replace=False))
     size = len(rows)
     out: dict[str, Any] = {
@@ -530,10 +531,17 @@ def alignment_measures(
         log.warning("%s", out["note"])
         return out | {name: None for name in MEASURES}
     grams = Grams.of(text[rows], image[rows])
-    intervals = jackknife_intervals(grams, opts.k, opts.unbiased, opts.bootstrap, seed + 1)
-    for number, (name, measure) in enumerate(measure_functions(opts.k, opts.unbiased).items()):
+    intervals = jackknife_intervals(
+        grams, opts.k, opts.unbiased, opts.bootstrap, seeding.int_seed(seed, "alignment/jackknife")
+    )
+    for name, measure in measure_functions(opts.k, opts.unbiased).items():
         jk = intervals[name]
-        chance = permutation_values(measure, grams, opts.permutations, seed + 1000 * number)
+        chance = permutation_values(
+            measure,
+            grams,
+            opts.permutations,
+            seeding.int_seed(seed, "alignment/permutations", name),
+        )
         std = float(np.std(chance, ddof=1)) if len(chance) > 1 else math.nan
         z = (jk.value - float(np.mean(chance))) / std if std > 0 else None
         out[name] = {

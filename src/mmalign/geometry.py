@@ -43,7 +43,6 @@ import math
 import os
 import time
 import warnings
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -56,6 +55,7 @@ import ot
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from mmalign import seeding
 from mmalign.io import write_json, write_parquet
 
 if TYPE_CHECKING:  # imported where used: W2 worker processes start without torch or sklearn
@@ -68,12 +68,6 @@ log = logging.getLogger(__name__)
 
 class GeometryError(RuntimeError):
     """A geometry measure that cannot be computed; the message says why and what to do."""
-
-
-def rng_for(seed: int, purpose: str) -> np.random.Generator:
-    """An independent generator per purpose, so adding one random choice never
-    shifts another: ``SeedSequence([seed, crc32(purpose)])``."""
-    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
 
 # ---------------------------------------------------------------- pairs and dimensions
@@ -265,7 +259,7 @@ def w2_batch_indices(n: int, batch_size: int, n_batches: int, seed: int) -> list
         raise GeometryError("Wasserstein-2: no pairs")
     if n <= batch_size:
         return [np.arange(n)]
-    rng = rng_for(seed, "wasserstein2")
+    rng = seeding.rng(seed, "wasserstein2")
     per_permutation = n // batch_size
     batches: list[np.ndarray] = []
     while len(batches) < n_batches:
@@ -473,7 +467,7 @@ def cosine_stats(
     unit_image, unit_text = l2_normalize(image), l2_normalize(text)
     n = len(unit_image)
     matching = np.einsum("kd,kd->k", unit_image, unit_text)
-    i, j, sampled = _distinct_pairs(n, max_pairs, rng_for(seed, "cosine/non_matching"))
+    i, j, sampled = _distinct_pairs(n, max_pairs, seeding.rng(seed, "cosine/non_matching"))
     non_matching = _row_cosines(unit_image, unit_text, i, j)
     result: dict[str, Any] = {
         "matching": _stats(matching),
@@ -481,7 +475,7 @@ def cosine_stats(
     }
     result["margin"] = result["matching"]["mean"] - result["non_matching"]["mean"]
     for name, unit in (("within_image", unit_image), ("within_text", unit_text)):
-        i, j, sampled = _distinct_pairs(n, max_pairs, rng_for(seed, f"cosine/{name}"))
+        i, j, sampled = _distinct_pairs(n, max_pairs, seeding.rng(seed, f"cosine/{name}"))
         result[name] = {**_stats(_row_cosines(unit, unit, i, j)), "sampled": sampled}
     return result
 
@@ -515,7 +509,7 @@ def tsne_points(pairs: Pairs, n_samples: int, seed: int, n_jobs: int = 1) -> pd.
     m = min(n_samples, len(pairs))
     if m < 3:
         raise GeometryError(f"t-SNE needs 3+ pairs, got {m}")
-    chosen = np.sort(rng_for(seed, "tsne").choice(len(pairs), size=m, replace=False))
+    chosen = np.sort(seeding.rng(seed, "tsne").choice(len(pairs), size=m, replace=False))
     from sklearn.manifold import TSNE
 
     points = np.vstack([pairs.image[chosen], pairs.text[chosen]]).astype(np.float64)
@@ -524,7 +518,7 @@ def tsne_points(pairs: Pairs, n_samples: int, seed: int, n_jobs: int = 1) -> pd.
         n_components=2,
         perplexity=perplexity,
         init="pca",
-        random_state=seed,
+        random_state=seeding.int_seed(seed, "tsne/init"),
         n_jobs=n_jobs,
     )
     xy = tsne.fit_transform(points)

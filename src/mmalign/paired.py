@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from mmalign import seeding
+
 METHOD_EXACT = "exact binomial"
 METHOD_CHI2_CC = "chi2 cc"
 METHOD_CLUSTERED = "clustered (Durkalski)"
@@ -250,7 +252,7 @@ def paired_bootstrap_many(
     if n_boot == 0 or n_units < 2:
         return {m: (float(e), np.nan, np.nan) for m, e in zip(names, estimate, strict=True)}
 
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     boot = np.empty((n_boot, len(names)))
     chunk = max(1, _CELLS_PER_CHUNK // n_units)
     for lo in range(0, n_boot, chunk):

@@ -33,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from mmalign import seeding
 from mmalign.geometry import (
     GeometryConfig,
     Pairs,
@@ -40,7 +41,6 @@ from mmalign.geometry import (
     modality_svm,
     precision_upper_bounds,
     rank_by_cosine,
-    rng_for,
     short_dimension_note,
 )
 from mmalign.images import ImageReadError, load_image
@@ -289,7 +289,7 @@ def cosine_matrix_figure(
     if not pairs.same_space:
         return na_figure(short_dimension_note(pairs.image.shape[1], pairs.text.shape[1]), title)
     m = min(n_pairs, len(pairs))
-    chosen = np.sort(rng_for(seed, "cosine_matrix").choice(len(pairs), size=m, replace=False))
+    chosen = np.sort(seeding.rng(seed, "cosine_matrix").choice(len(pairs), size=m, replace=False))
     matrix = cosine_matrix(pairs.text[chosen], pairs.image[chosen])
     side = max(COLUMN_WIDTH, 0.26 * m + 1.0)
     with _style():
@@ -387,7 +387,7 @@ def retrieval_t2i_figure(
     dim_image, dim_text = emb.image.shape[1], emb.text.shape[1]
     if dim_image != dim_text:
         return na_figure(short_dimension_note(dim_image, dim_text), title, PAGE_WIDTH / 2)
-    query = int(rng_for(seed, "retrieval/t2i").integers(len(emb.text)))
+    query = int(seeding.rng(seed, "retrieval/t2i").integers(len(emb.text)))
     order, scores = rank_by_cosine(np.asarray(emb.text[query]), np.asarray(emb.image))
     true_row = int(emb.texts["image_row"].iloc[query])
     true_rank = int(np.flatnonzero(order == true_row)[0]) + 1
@@ -430,7 +430,7 @@ def retrieval_i2t_figure(
     dim_image, dim_text = emb.image.shape[1], emb.text.shape[1]
     if dim_image != dim_text:
         return na_figure(short_dimension_note(dim_image, dim_text), title, PAGE_WIDTH / 2)
-    query = int(rng_for(seed, "retrieval/i2t").integers(len(emb.image)))
+    query = int(seeding.rng(seed, "retrieval/i2t").integers(len(emb.image)))
     order, scores = rank_by_cosine(np.asarray(emb.image[query]), np.asarray(emb.text))
     relevant = (emb.texts["image_row"].to_numpy() == query)[order]
     first_hit = int(np.flatnonzero(relevant)[0]) + 1

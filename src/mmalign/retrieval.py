@@ -44,6 +44,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from mmalign import seeding
 from mmalign.embed import Embeddings
 from mmalign.io import atomic_path
 from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS, Scorer, l2_normalize
@@ -234,7 +235,7 @@ def bootstrap(
     n_clusters = int(codes.max(initial=-1)) + 1
     if n_boot == 0 or n_clusters < 2:
         return {m: (float(e), np.nan, np.nan) for m, e in zip(names, estimate, strict=True)}
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     stats = np.empty((n_boot, len(names)))
     order = np.argsort(matrix[:, is_median], axis=0, kind="stable") if is_median.any() else None
     for lo in range(0, n_boot, 100):
@@ -445,9 +446,7 @@ def build_protocol(emb: Embeddings, name: str, opts: RetrievalOptions) -> Protoc
         text_rows, image_rows = first_caption_pairs(emb)
         if name == "subset" and opts.subset_size < len(text_rows):
             pick = np.sort(
-                np.random.default_rng(opts.seed).choice(
-                    len(text_rows), opts.subset_size, replace=False
-                )
+                seeding.rng(opts.seed).choice(len(text_rows), opts.subset_size, replace=False)
             )
             text_rows, image_rows = text_rows[pick], image_rows[pick]
         t, i = text[text_rows], image[image_rows]
@@ -548,7 +547,7 @@ def query_bank(
         source = emb.image
     if len(rows) > opts.querybank_size:
         rows = np.sort(
-            np.random.default_rng(opts.seed + 1).choice(rows, opts.querybank_size, replace=False)
+            seeding.rng(opts.seed, "qbnorm/bank").choice(rows, opts.querybank_size, replace=False)
         )
     return np.asarray(source[rows])
 

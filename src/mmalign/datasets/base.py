@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from mmalign import seeding
 from mmalign.images import ImageReadError, probe_image
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def assign_splits(
     and the seed, not on the order an adapter read them in.
     """
     ids = sorted(image_ids)
-    order = np.random.default_rng(seed).permutation(len(ids))
+    order = seeding.rng(seed).permutation(len(ids))
     total = sum(fractions)
     n_train = round(len(ids) * fractions[0] / total)
     n_val = round(len(ids) * fractions[1] / total)
@@ -240,7 +241,7 @@ def build_manifest(
 
     if opts.max_images is not None and opts.max_images < len(kept):
         kept.sort(key=lambda r: r.image_id)
-        pick = np.random.default_rng(opts.seed).choice(len(kept), opts.max_images, replace=False)
+        pick = seeding.rng(opts.seed).choice(len(kept), opts.max_images, replace=False)
         kept = [kept[i] for i in sorted(pick)]
 
     if opts.split_source not in SPLIT_SOURCES:

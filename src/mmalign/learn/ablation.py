@@ -55,13 +55,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from mmalign import seeding
 from mmalign.learn.common import (
     DIRECTIONS,
     PairSplits,
     dimension_note,
     na_rows,
     result_frame,
-    trial_seed,
 )
 from mmalign.learn.mlp import (
     MLPOptions,
@@ -175,7 +175,7 @@ def run_ablation(
     outcomes go to ``sink``."""
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
-    val_seed = trial_seed(seed, 7)
+    val_seed = seeding.int_seed(seed, 7)
     for variant in variants(base, opts):
         metric = f"mlp_ablation:{variant.name}"
         note = dimension_note(splits) if variant.loss == "mse" else ""
@@ -188,7 +188,7 @@ def run_ablation(
             # The same seeds for every variant: same weights, batches and negatives.
             models[direction], history = train_mlp(
                 splits, list(opts.hidden), recipe.loss, recipe.anchor, recipe.opts,
-                trial_seed(seed, 11, k), val_seed, device,
+                seeding.int_seed(seed, 11, k), val_seed, device,
             )  # fmt: skip
             for epoch, (train, val) in enumerate(
                 zip(history.train_losses, history.val_losses, strict=True)

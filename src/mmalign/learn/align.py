@@ -49,6 +49,7 @@ import optuna
 import torch
 from torch import nn
 
+from mmalign import seeding
 from mmalign.embed import Embeddings
 from mmalign.learn.common import (
     DIRECTIONS,
@@ -63,7 +64,6 @@ from mmalign.learn.common import (
     na_rows,
     pair_splits,
     ranked_rows,
-    trial_seed,
 )
 from mmalign.learn.mlp import VariantOutput, history_attrs, trials_table
 from mmalign.metrics import FIXED_METRICS, Scorer
@@ -314,7 +314,7 @@ def run_align_variant(
     label: dict[str, str],
 ) -> VariantOutput:
     """Train the heads, then retrieve in the shared space with every fixed metric."""
-    model, history = train_align(splits, opts, trial_seed(seed, 0), device)
+    model, history = train_align(splits, opts, seeding.int_seed(seed, 0), device)
     aligned = project(model, splits.test, device)
     ranked: list[QueryRanks] = []
     rows, test = fixed_metric_rows(aligned, ALIGNED_METRICS, label, ropts, sink=ranked)

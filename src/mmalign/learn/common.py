@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmalign import seeding
 from mmalign.embed import Embeddings
 from mmalign.io import atomic_path
 from mmalign.retrieval import (
@@ -94,7 +95,7 @@ def pair_splits(
     :class:`LearnError` naming ``where`` when a split has fewer than 2 pairs."""
     text_rows, image_rows = first_caption_pairs(emb)
     if max_pairs is not None and max_pairs < len(text_rows):
-        pick = np.sort(np.random.default_rng(seed).choice(len(text_rows), max_pairs, replace=False))
+        pick = np.sort(seeding.rng(seed).choice(len(text_rows), max_pairs, replace=False))
         text_rows, image_rows = text_rows[pick], image_rows[pick]
     split = emb.texts["split"].to_numpy()[text_rows]
     unknown = sorted(set(split) - set(SPLITS))
@@ -359,8 +360,3 @@ def dimension_note(splits: PairSplits) -> str:
         f"n/a: image {splits.dim_image}-d vs text {splits.dim_text}-d; the cosine "
         "target of the MSE loss needs equal dimensions (use an adapter)"
     )
-
-
-def trial_seed(seed: int, *keys: int) -> int:
-    """A seed for one unit of work (a trial, a direction) derived from the config's seed."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])

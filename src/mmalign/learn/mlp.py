@@ -74,6 +74,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from mmalign import seeding
 from mmalign.config import config_hash
 from mmalign.learn.common import (
     DIRECTIONS,
@@ -86,7 +87,6 @@ from mmalign.learn.common import (
     na_rows,
     paper_lr_factor,
     score_learned,
-    trial_seed,
     write_safetensors,
 )
 from mmalign.retrieval import QueryRanks, RetrievalOptions
@@ -411,7 +411,7 @@ def open_study(journal: str | Path, name: str, seed: int) -> optuna.Study:
         study_name=name,
         direction="minimize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=trial_seed(seed, 0)),
+        sampler=optuna.samplers.TPESampler(seed=seeding.int_seed(seed, 0)),
     )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.warning("study %s: trial %d was left running by a killed run; marking it failed",
@@ -437,7 +437,7 @@ def run_study(
     ran = 0
     while len(complete_trials(study)) < n_trials:
         slot = len(complete_trials(study))  # not the trial number: a killed trial leaves a gap
-        study.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, slot))
+        study.sampler = optuna.samplers.TPESampler(seed=seeding.int_seed(seed, slot))
         study.optimize(objective, n_trials=1)
         ran += 1
     if ran == 0:
@@ -574,7 +574,7 @@ def run_mlp_variant(
             {"note": note},
             trials_table([], ""),
         )
-    val_seed = trial_seed(seed, 7)  # the same validation negatives for every trial
+    val_seed = seeding.int_seed(seed, 7)  # the same validation negatives for every trial
 
     def train_all(
         hidden: list[int], number: int
@@ -587,7 +587,7 @@ def run_mlp_variant(
                 loss,
                 _anchor(d),
                 opts,
-                trial_seed(seed, number, k),
+                seeding.int_seed(seed, number, k),
                 val_seed,
                 device,
             )
