@@ -19,7 +19,8 @@ include: "rules/embed.smk"
 include: "rules/retrieval.smk"
 include: "rules/geometry.smk"
 include: "rules/learn.smk"
-include: "rules/beyond.smk"
+include: "rules/representation.smk"
+include: "rules/gap_shift.smk"
 include: "rules/report.smk"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mmalign.config import load_config
+from mmalign.devices import torch_device
 from mmalign.embed import EmbedOptions, embed_images, embed_texts
 from mmalign.encoders import build_encoder
 from mmalign.images import probe_image
@@ -42,7 +43,7 @@ def clipart_paths(n: int, max_pixels: int = 16_000_000) -> list[str]:
 
 
 def forward_only_images(encoder, n: int, opts: EmbedOptions) -> float:
-    device = opts.torch_device()
+    device = torch_device(opts.device, "embed.device")
     side = encoder.image.input_size
     batch = torch.randn(opts.batch_size, 3, side, side, device=device)
     with torch.inference_mode():
@@ -83,10 +84,9 @@ def main() -> None:
 
     config = load_config(str(ROOT / "config.yaml"))
     opts = EmbedOptions.from_config(config["embed"], args.threads)
-    encoder = build_encoder(config["encoders"][args.encoder]).to(opts.torch_device())
-    print(
-        f"device {opts.torch_device()}, {args.threads} threads, {opts.num_workers} decode workers"
-    )
+    device = torch_device(opts.device, "embed.device")
+    encoder = build_encoder(config["encoders"][args.encoder]).to(device)
+    print(f"device {device}, {args.threads} threads, {opts.num_workers} decode workers")
 
     paths = clipart_paths(args.images)
     embed_images(encoder, paths[: opts.batch_size], opts)  # warm-up

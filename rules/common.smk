@@ -1,9 +1,9 @@
 import os
 import re
 
+from mmalign import layout
 from mmalign.config import embedding_plan, validate_config
-from mmalign.embed import EMBEDDING_FILES
-from mmalign.retrieval import PROTOCOLS
+from mmalign.layout import path
 from mmalign.tracking import git_commit, tracking_uri
 
 # Validates in place and fills the defaults; a bad key stops here, named.
@@ -28,6 +28,8 @@ LEARN_CONFIG = {
     key: value for key, value in config["learn"].items() if key != "ablation"
 }
 
+PROTOCOLS_RUN = config["retrieval"]["protocols"]
+LEARN_VARIANTS = config["learn"]["variants"]
 DATASETS = sorted(config["datasets"])
 ENCODERS = sorted(config["encoders"])
 # COMPUTED: embedded from images and captions (config encoders without an
@@ -58,13 +60,10 @@ def encoder_config(wildcards):
     return COMPUTED.get(wildcards.encoder) or config["encoders"][wildcards.encoder]
 
 
-def embedding_files(folder):
-    return [f"{folder}/{name}" for name in EMBEDDING_FILES]
-
-
 def adapter_source(wildcards):
-    base = ADAPTED_FROM[wildcards.encoder]
-    return embedding_files(f"results/{wildcards.dataset}/{base}/embeddings")
+    return layout.embedding_files(
+        dataset=wildcards.dataset, encoder=ADAPTED_FROM[wildcards.encoder]
+    )
 
 
 def aligned_heads(wildcards):
@@ -72,7 +71,26 @@ def aligned_heads(wildcards):
     measures the heads' shared space."""
     if "align" not in config["learn"]["variants"]:
         return []
-    return [f"results/{wildcards.dataset}/{wildcards.encoder}/learn/align.safetensors"]
+    return [path("variant_weights", variant="align", **wildcards)]
+
+
+def per_unit(artifact, **wildcards):
+    """``artifact`` of every (dataset, encoder) of the config."""
+    return expand(path(artifact, **wildcards), dataset=DATASETS, encoder=ENCODERS)
+
+
+ABLATION = config["learn"]["ablation"]["enabled"]
+
+
+def ablation_files(artifact):
+    return per_unit(artifact) if ABLATION else []
+
+
+def unit_figures():
+    """Every per-unit figure, as PNG."""
+    names = [*layout.GEOMETRY_FIGURES, "gap_shift", "recall_at_k"]
+    names += ["mlp_ablation"] if ABLATION else []
+    return [f for name in names for f in per_unit("figure", name=name, ext="png")]
 
 
 # Each stage's rule file adds the files `rule all` asks for.
@@ -80,36 +98,54 @@ FINAL_TARGETS = []
 
 
 def report_inputs(wildcards):
-    units = expand("results/{dataset}/{encoder}", dataset=DATASETS, encoder=ENCODERS)
     return {
-        "retrieval": [f"{u}/retrieval.parquet" for u in units],
-        "geometry": [f"{u}/geometry.json" for u in units],
-        "alignment": [f"{u}/alignment.json" for u in units],
-        "gap_shift": [f"{u}/gap_shift.parquet" for u in units],
-        "ablation": (
-            [f"{u}/learn/ablation.parquet" for u in units]
-            if config["learn"]["ablation"]["enabled"]
-            else []
-        ),
-        "paired": "results/stats/paired.parquet",
-        "hubness": [f"{u}/hubness.parquet" for u in units],
-        "queries": [f"{u}/extreme_queries.parquet" for u in units],
-        "recall_figures": [f"{u}/figures/recall_at_k.png" for u in units],
+        "retrieval": per_unit("retrieval"),
+        "geometry": per_unit("geometry"),
+        "similarity": per_unit("similarity"),
+        "gap_shift": per_unit("gap_shift"),
+        "ablation": ablation_files("ablation"),
+        "paired": path("paired"),
+        "hubness": per_unit("hubness"),
+        "queries": per_unit("extreme_queries"),
+        "unit_figures": unit_figures(),
         "figures": [
-            "results/figures/tsne_grid.png",
-            "results/figures/precision_upper_bounds.png",
+            path("tsne_grid", ext="png"),
+            path("precision_upper_bounds", ext="png"),
         ],
     }
 
 
 def paired_inputs(wildcards):
-    units = expand("results/{dataset}/{encoder}", dataset=DATASETS, encoder=ENCODERS)
     return {
-        "ranks": [f"{u}/ranks.parquet" for u in units],
-        "gap_shift": [f"{u}/gap_shift.ranks.parquet" for u in units],
-        "ablation": (
-            [f"{u}/learn/ablation.ranks.parquet" for u in units]
-            if config["learn"]["ablation"]["enabled"]
-            else []
-        ),
+        "ranks": per_unit("ranks"),
+        "gap_shift": per_unit("gap_shift_ranks"),
+        "ablation": ablation_files("ablation_ranks"),
+    }
+
+
+def track_inputs(wildcards):
+    """What MLflow logs, by artifact name (mmalign.tracking.unit_files groups them)."""
+    variant_files = {
+        f"variant_{name}": expand(
+            path(f"variant_{name}"),
+            dataset=DATASETS,
+            encoder=ENCODERS,
+            variant=LEARN_VARIANTS,
+        )
+        for name in ("summary", "trials")
+    }
+    return {
+        "embedding_file": per_unit("embedding_file", file="meta.json"),
+        "retrieval": per_unit("retrieval"),
+        "geometry": per_unit("geometry"),
+        "similarity": per_unit("similarity"),
+        "gap_shift": per_unit("gap_shift"),
+        "ablation": ablation_files("ablation"),
+        "ablation_curves": ablation_files("ablation_curves"),
+        **variant_files,
+        "figure": [
+            f for png in unit_figures() for f in (png, png.removesuffix("png") + "pdf")
+        ],
+        "report": path("report"),
+        "tables": path("tables"),
     }

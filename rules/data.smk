@@ -1,12 +1,15 @@
+# The data stage: a dataset's images and captions -> its manifest (mmalign.datasets).
+
+
 rule prepare:
     output:
-        manifest="results/{dataset}/manifest.parquet",
-        report="results/{dataset}/prepare.json",
-        skipped="results/{dataset}/skipped.csv",
+        manifest=path("manifest"),
+        report=path("prepare_report"),
+        skipped=path("skipped"),
     log:
-        "results/logs/prepare/{dataset}.log",
+        layout.log("prepare", "dataset"),
     benchmark:
-        "results/benchmarks/prepare/{dataset}.tsv"
+        layout.benchmark("prepare", "dataset")
     conda:
         "../envs/data.yaml"
     threads: 1
@@ -22,4 +25,4 @@ rule prepare:
         "../scripts/prepare.py"
 
 
-FINAL_TARGETS.extend(expand("results/{dataset}/manifest.parquet", dataset=DATASETS))
+FINAL_TARGETS.extend(expand(path("manifest"), dataset=DATASETS))

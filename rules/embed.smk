@@ -1,12 +1,16 @@
+# The embedding stage (mmalign.embed): shard by shard, merged, and adapted
+# (an encoder with an `adapter` projects another encoder's embeddings).
+
+
 rule embed_shard:
     input:
-        manifest="results/{dataset}/manifest.parquet",
+        manifest=path("manifest"),
     output:
-        temp("results/{dataset}/{encoder}/shards/{scatteritem}.npz"),
+        temp(path("shard")),
     log:
-        "results/logs/embed_shard/{dataset}/{encoder}/{scatteritem}.log",
+        layout.log("embed_shard", "dataset", "encoder", "scatteritem"),
     benchmark:
-        "results/benchmarks/embed_shard/{dataset}/{encoder}/{scatteritem}.tsv"
+        layout.benchmark("embed_shard", "dataset", "encoder", "scatteritem")
     wildcard_constraints:
         encoder=names_regex(COMPUTED),
     conda:
@@ -26,14 +30,14 @@ rule embed_shard:
 
 rule embed_merge:
     input:
-        manifest="results/{dataset}/manifest.parquet",
-        shards=gather.embed("results/{{dataset}}/{{encoder}}/shards/{scatteritem}.npz"),
+        manifest=path("manifest"),
+        shards=gather.embed(path("shard", dataset="{{dataset}}", encoder="{{encoder}}")),
     output:
-        embedding_files("results/{dataset}/{encoder}/embeddings"),
+        layout.embedding_files(),
     log:
-        "results/logs/embed_merge/{dataset}/{encoder}.log",
+        layout.log("embed_merge", "dataset", "encoder"),
     benchmark:
-        "results/benchmarks/embed_merge/{dataset}/{encoder}.tsv"
+        layout.benchmark("embed_merge", "dataset", "encoder")
     wildcard_constraints:
         encoder=names_regex(COMPUTED),
     conda:
@@ -52,11 +56,11 @@ rule adapt:
     input:
         raw=adapter_source,
     output:
-        embedding_files("results/{dataset}/{encoder}/embeddings"),
+        layout.embedding_files(),
     log:
-        "results/logs/adapt/{dataset}/{encoder}.log",
+        layout.log("adapt", "dataset", "encoder"),
     benchmark:
-        "results/benchmarks/adapt/{dataset}/{encoder}.tsv"
+        layout.benchmark("adapt", "dataset", "encoder")
     wildcard_constraints:
         encoder=names_regex(ADAPTED_FROM),
     conda:
@@ -71,10 +75,4 @@ rule adapt:
         "../scripts/adapt.py"
 
 
-FINAL_TARGETS.extend(
-    expand(
-        "results/{dataset}/{encoder}/embeddings/meta.json",
-        dataset=DATASETS,
-        encoder=ENCODERS,
-    )
-)
+FINAL_TARGETS.extend(per_unit("embedding_file", file="meta.json"))

@@ -1,25 +1,21 @@
-# The geometry stage (paper Section 4.3, Table 2, Figures 2-5, Appendix A):
-# modality gap, Wasserstein-2, cosine statistics, t-SNE and retrieval examples.
-# Per (dataset, encoder): Figures 2-5 (mmalign.plots.FIGURE_NAMES), as PNG and PDF.
-GEOMETRY_FIGURES = ["tsne", "cosine_matrix", "retrieval_t2i", "retrieval_i2t"]
+# The geometry stage (paper Section 4.3, Table 2, Figures 2-5, Appendix A;
+# mmalign.geometry): modality gap, Wasserstein-2, cosine statistics, t-SNE and
+# retrieval examples, per (dataset, encoder); the t-SNE grid over all of them.
 
 
 rule geometry:
     input:
-        embeddings=embedding_files("results/{dataset}/{encoder}/embeddings"),
-        manifest="results/{dataset}/manifest.parquet",
+        embeddings=layout.embedding_files(),
+        manifest=path("manifest"),
     output:
-        summary="results/{dataset}/{encoder}/geometry.json",
-        tsne="results/{dataset}/{encoder}/tsne.parquet",
-        figures=expand(
-            "results/{{dataset}}/{{encoder}}/figures/{name}.{ext}",
-            name=GEOMETRY_FIGURES,
-            ext=["png", "pdf"],
-        ),
+        summary=path("geometry"),
+        tsne=path("tsne"),
+        boundary=path("tsne_boundary"),
+        figures=[f for name in layout.GEOMETRY_FIGURES for f in layout.figures(name)],
     log:
-        "results/logs/geometry/{dataset}/{encoder}.log",
+        layout.log("geometry", "dataset", "encoder"),
     benchmark:
-        "results/benchmarks/geometry/{dataset}/{encoder}.tsv"
+        layout.benchmark("geometry", "dataset", "encoder")
     conda:
         "../envs/torch.yaml"
     # Exact W2 batches run in parallel, one process each (~0.6 GB per 5,000-pair batch).
@@ -36,46 +32,40 @@ rule geometry:
 
 rule tsne_grid:
     input:
-        summaries=expand(
-            "results/{dataset}/{encoder}/geometry.json",
-            dataset=DATASETS,
-            encoder=ENCODERS,
-        ),
-        points=expand(
-            "results/{dataset}/{encoder}/tsne.parquet",
-            dataset=DATASETS,
-            encoder=ENCODERS,
-        ),
+        summaries=per_unit("geometry"),
+        points=per_unit("tsne"),
+        boundaries=per_unit("tsne_boundary"),
     output:
-        png="results/figures/tsne_grid.png",
-        pdf="results/figures/tsne_grid.pdf",
+        **{ext: path("tsne_grid", ext=ext) for ext in layout.FIGURE_FORMATS},
     log:
-        "results/logs/tsne_grid/tsne_grid.log",
+        layout.log("tsne_grid"),
     benchmark:
-        "results/benchmarks/tsne_grid/tsne_grid.tsv"
+        layout.benchmark("tsne_grid")
     conda:
-        "../envs/torch.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
-        # The same order as expand() gives the inputs: datasets outer, encoders inner.
+        # The same order as per_unit() gives the inputs: datasets outer, encoders inner.
         panels=[[d, e] for d in DATASETS for e in ENCODERS],
         datasets=DATASETS,
         encoders=ENCODERS,
     script:
-        "../scripts/geometry_grid.py"
+        "../scripts/tsne_grid.py"
 
 
 rule precision_upper_bounds:
     output:
-        png="results/figures/precision_upper_bounds.png",
-        pdf="results/figures/precision_upper_bounds.pdf",
+        **{
+            ext: path("precision_upper_bounds", ext=ext)
+            for ext in layout.FIGURE_FORMATS
+        },
     log:
-        "results/logs/precision_upper_bounds/precision_upper_bounds.log",
+        layout.log("precision_upper_bounds"),
     conda:
-        "../envs/torch.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -88,16 +78,7 @@ rule precision_upper_bounds:
         "../scripts/precision_upper_bounds.py"
 
 
+FINAL_TARGETS.extend(per_unit("geometry"))
 FINAL_TARGETS.extend(
-    expand(
-        "results/{dataset}/{encoder}/geometry.json",
-        dataset=DATASETS,
-        encoder=ENCODERS,
-    )
-)
-FINAL_TARGETS.extend(
-    [
-        "results/figures/tsne_grid.png",
-        "results/figures/precision_upper_bounds.png",
-    ]
+    [path("tsne_grid", ext="png"), path("precision_upper_bounds", ext="png")]
 )

@@ -1,24 +1,21 @@
 # The learned stage (paper Section 3 Eq. 1-4, Section 4.5, Tables 3, 4, 6) and
-# post-hoc alignment heads: one job per (dataset, encoder, variant). The
-# retrieval rows, per-query ranks and hubness it writes are appended to
-# retrieval.parquet, ranks.parquet and hubness.parquet (rules/retrieval.smk).
-LEARN_VARIANTS = config["learn"]["variants"]
+# post-hoc alignment heads (mmalign.learn): one job per (dataset, encoder,
+# variant). The retrieval rows, per-query ranks and hubness it writes are
+# appended to retrieval.parquet, ranks.parquet and hubness.parquet (rule retrieval).
 
 
 rule learn:
     input:
-        embedding_files("results/{dataset}/{encoder}/embeddings"),
+        layout.embedding_files(),
     output:
-        summary="results/{dataset}/{encoder}/learn/{variant}.json",
-        rows="results/{dataset}/{encoder}/learn/{variant}.parquet",
-        weights="results/{dataset}/{encoder}/learn/{variant}.safetensors",
-        trials="results/{dataset}/{encoder}/learn/{variant}.trials.parquet",
-        ranks="results/{dataset}/{encoder}/learn/{variant}.ranks.parquet",
-        hubness="results/{dataset}/{encoder}/learn/{variant}.hubness.parquet",
+        **{
+            name: path(f"variant_{name}")
+            for name in ("summary", "rows", "weights", "trials", "ranks", "hubness")
+        },
     log:
-        "results/logs/learn/{dataset}/{encoder}/{variant}.log",
+        layout.log("learn", "dataset", "encoder", "variant"),
     benchmark:
-        "results/benchmarks/learn/{dataset}/{encoder}/{variant}.tsv"
+        layout.benchmark("learn", "dataset", "encoder", "variant")
     wildcard_constraints:
         variant=names_regex(LEARN_VARIANTS),
     conda:
@@ -35,16 +32,50 @@ rule learn:
         # The Optuna journal is deliberately not an output: Snakemake deletes
         # the outputs of a failed job, and the journal is what lets a killed
         # search resume (completed trials are not re-run).
-        study_dir="results/{dataset}/{encoder}/learn/{variant}.optuna",
+        study_dir=path("variant_study"),
     script:
         "../scripts/learn.py"
 
 
 FINAL_TARGETS.extend(
     expand(
-        "results/{dataset}/{encoder}/learn/{variant}.json",
+        path("variant_summary"),
         dataset=DATASETS,
         encoder=ENCODERS,
         variant=LEARN_VARIANTS,
     )
 )
+
+
+# Beyond the paper: why the paper's MLP fails (mmalign.learn.ablation), one
+# factor of its recipe changed at a time.
+
+
+rule mlp_ablation:
+    input:
+        layout.embedding_files(),
+    output:
+        rows=path("ablation"),
+        ranks=path("ablation_ranks"),
+        curves=path("ablation_curves"),
+        figures=layout.figures("mlp_ablation"),
+    log:
+        layout.log("mlp_ablation", "dataset", "encoder"),
+    benchmark:
+        layout.benchmark("mlp_ablation", "dataset", "encoder")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        learn=config["learn"],
+        retrieval=config["retrieval"],
+        seed=config["seed"],
+    script:
+        "../scripts/mlp_ablation.py"
+
+
+FINAL_TARGETS.extend(ablation_files("ablation"))

@@ -1,13 +1,17 @@
+# The report (mmalign.report): the paper's tables and report.md; and
+# MLflow (mmalign.tracking): one run per (dataset, encoder), a child per stage.
+
+
 rule report:
     input:
         unpack(report_inputs),
     output:
-        report="results/report.md",
-        tables=directory("results/tables"),
+        report=path("report"),
+        tables=directory(path("tables")),
     log:
-        "results/logs/report.log",
+        layout.log("report"),
     conda:
-        "../envs/torch.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -19,13 +23,13 @@ rule report:
 rule track:
     input:
         FINAL_TARGETS,
-        report="results/report.md",
+        unpack(track_inputs),
     output:
-        "results/mlflow_runs.json",
+        path("mlflow_runs"),
     log:
-        "results/logs/track.log",
+        layout.log("track"),
     conda:
-        "../envs/torch.yaml"
+        "../envs/tracking.yaml"
     # The only job that writes the MLflow store: one SQLite writer at a time.
     threads: 1
     resources:
@@ -33,12 +37,9 @@ rule track:
         runtime=30,
     params:
         commit=git_commit(workflow.basedir),
+        artifacts=path("mlflow_artifacts"),
     script:
         "../scripts/track.py"
 
 
-FINAL_TARGETS_WITH_TRACKING = [
-    *FINAL_TARGETS,
-    "results/report.md",
-    "results/mlflow_runs.json",
-]
+FINAL_TARGETS_WITH_TRACKING = [*FINAL_TARGETS, path("report"), path("mlflow_runs")]

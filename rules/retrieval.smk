@@ -1,16 +1,21 @@
+# The retrieval stage (mmalign.retrieval): every metric, both directions, per
+# protocol; combined with the learned variants' test-split rows; the per-query
+# error analysis; and the paired tests across encoders, metrics and spaces.
+
+
 rule retrieval_protocol:
     input:
-        embedding_files("results/{dataset}/{encoder}/embeddings"),
+        layout.embedding_files(),
     output:
-        rows=temp("results/{dataset}/{encoder}/retrieval/{protocol}.parquet"),
-        ranks=temp("results/{dataset}/{encoder}/retrieval/{protocol}.ranks.parquet"),
-        hubness=temp("results/{dataset}/{encoder}/retrieval/{protocol}.hubness.parquet"),
+        rows=temp(path("protocol_rows")),
+        ranks=temp(path("protocol_ranks")),
+        hubness=temp(path("protocol_hubness")),
     log:
-        "results/logs/retrieval/{dataset}/{encoder}/{protocol}.log",
+        layout.log("retrieval_protocol", "dataset", "encoder", "protocol"),
     benchmark:
-        "results/benchmarks/retrieval/{dataset}/{encoder}/{protocol}.tsv"
+        layout.benchmark("retrieval_protocol", "dataset", "encoder", "protocol")
     wildcard_constraints:
-        protocol="|".join(PROTOCOLS),
+        protocol=names_regex(layout.PROTOCOLS),
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -22,38 +27,25 @@ rule retrieval_protocol:
         seed=config["seed"],
         captions=lambda wc: config["datasets"][wc.dataset].get("captions"),
     script:
-        "../scripts/retrieval.py"
+        "../scripts/retrieval_protocol.py"
 
 
 rule retrieval:
     input:
-        # Each protocol's files, then the learned variants' test-split files
-        # (rules/learn.smk), appended.
+        # Each protocol's files, then the learned variants' test-split files.
         **{
             name: [
-                *expand(
-                    "results/{{dataset}}/{{encoder}}/retrieval/{protocol}{suffix}.parquet",
-                    protocol=config["retrieval"]["protocols"],
-                    suffix=suffix,
-                ),
-                *expand(
-                    "results/{{dataset}}/{{encoder}}/learn/{variant}{suffix}.parquet",
-                    variant=config["learn"]["variants"],
-                    suffix=suffix,
-                ),
+                *[path(f"protocol_{name}", protocol=p) for p in PROTOCOLS_RUN],
+                *[path(f"variant_{name}", variant=v) for v in LEARN_VARIANTS],
             ]
-            for name, suffix in (
-                ("rows", ""),
-                ("ranks", ".ranks"),
-                ("hubness", ".hubness"),
-            )
+            for name in ("rows", "ranks", "hubness")
         },
     output:
-        rows="results/{dataset}/{encoder}/retrieval.parquet",
-        ranks="results/{dataset}/{encoder}/ranks.parquet",
-        hubness="results/{dataset}/{encoder}/hubness.parquet",
+        rows=path("retrieval"),
+        ranks=path("ranks"),
+        hubness=path("hubness"),
     log:
-        "results/logs/retrieval/{dataset}/{encoder}/combine.log",
+        layout.log("retrieval", "dataset", "encoder"),
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -61,23 +53,20 @@ rule retrieval:
         mem_mb=2000,
         runtime=10,
     script:
-        "../scripts/combine_tables.py"
+        "../scripts/retrieval.py"
 
 
 rule error_analysis:
     input:
-        ranks="results/{dataset}/{encoder}/ranks.parquet",
-        manifest="results/{dataset}/manifest.parquet",
+        ranks=path("ranks"),
+        manifest=path("manifest"),
     output:
-        queries="results/{dataset}/{encoder}/extreme_queries.parquet",
-        figures=expand(
-            "results/{{dataset}}/{{encoder}}/figures/recall_at_k.{ext}",
-            ext=["png", "pdf"],
-        ),
+        queries=path("extreme_queries"),
+        figures=layout.figures("recall_at_k"),
     log:
-        "results/logs/error_analysis/{dataset}/{encoder}.log",
+        layout.log("error_analysis", "dataset", "encoder"),
     conda:
-        "../envs/torch.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -90,13 +79,13 @@ rule paired:
     input:
         unpack(paired_inputs),
     output:
-        "results/stats/paired.parquet",
+        path("paired"),
     log:
-        "results/logs/paired.log",
+        layout.log("paired"),
     benchmark:
-        "results/benchmarks/paired.tsv"
+        layout.benchmark("paired")
     conda:
-        "../envs/torch.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -108,17 +97,6 @@ rule paired:
         "../scripts/paired.py"
 
 
-FINAL_TARGETS.extend(
-    expand(
-        "results/{dataset}/{encoder}/{name}",
-        dataset=DATASETS,
-        encoder=ENCODERS,
-        name=[
-            "retrieval.parquet",
-            "ranks.parquet",
-            "hubness.parquet",
-            "extreme_queries.parquet",
-        ],
-    )
-)
-FINAL_TARGETS.append("results/stats/paired.parquet")
+for artifact in ("retrieval", "ranks", "hubness", "extreme_queries"):
+    FINAL_TARGETS.extend(per_unit(artifact))
+FINAL_TARGETS.append(path("paired"))

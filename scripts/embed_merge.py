@@ -8,7 +8,7 @@ from mmalign.embed import merge_shards
 from mmalign.logs import setup_logging
 
 if __name__ == "__main__":
-    setup_logging(snakemake.log[0])
+    log = setup_logging(snakemake.log[0])
     summary = merge_shards(
         pd.read_parquet(snakemake.input.manifest),
         list(snakemake.input.shards),
@@ -19,7 +19,7 @@ if __name__ == "__main__":
             "config": snakemake.params.encoder,
         },
     )
-    print(
+    log.info(
         f"{snakemake.wildcards.dataset}/{snakemake.wildcards.encoder}: "
         f"{summary['images_per_s']:.1f} images/s, {summary['texts_per_s']:.1f} captions/s"
     )

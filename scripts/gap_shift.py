@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from mmalign.gapshift import gap_shift_job
+from mmalign.gapshift import gap_shift_figure, gap_shift_job
 from mmalign.logs import setup_logging
-from mmalign.plots import gap_shift_figure, save_figure
+from mmalign.plotting import save_figure
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])

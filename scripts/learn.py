@@ -7,7 +7,7 @@ from mmalign.learn import learn_job
 from mmalign.logs import setup_logging
 
 if __name__ == "__main__":
-    setup_logging(snakemake.log[0])
+    log = setup_logging(snakemake.log[0])
     summary = learn_job(
         embeddings_dir=Path(snakemake.input[0]).parent,
         variant=snakemake.wildcards.variant,
@@ -24,4 +24,4 @@ if __name__ == "__main__":
         study_dir=snakemake.params.study_dir,
         label={"dataset": snakemake.wildcards.dataset, "encoder": snakemake.wildcards.encoder},
     )
-    print(f"{snakemake.wildcards.variant}: {summary['status']}, {summary['seconds_total']} s")
+    log.info(f"{snakemake.wildcards.variant}: {summary['status']}, {summary['seconds_total']} s")

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 from mmalign.learn.ablation import ablation_job
+from mmalign.learn.figures import mlp_ablation_figure
 from mmalign.logs import setup_logging
-from mmalign.plots import mlp_ablation_figure, save_figure
+from mmalign.plotting import save_figure
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])

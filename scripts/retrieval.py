@@ -1,33 +1,18 @@
-"""Rule `retrieval_protocol`: every metric, both directions, for one protocol."""
+"""Rule `retrieval`: one unit's score rows, per-query ranks and hubness, each
+concatenated from the protocols' and the learned variants' files."""
 
-import torch
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from mmalign.embed import Embeddings
 from mmalign.io import write_parquet
 from mmalign.logs import setup_logging
-from mmalign.retrieval import (
-    QueryRanks,
-    RetrievalOptions,
-    hubness_rows,
-    ranks_table,
-    score_protocol,
-    write_ranks,
-)
+from mmalign.retrieval import write_ranks
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])
-    torch.set_num_threads(snakemake.threads)
-    emb = Embeddings.load(snakemake.input[0].rsplit("/", 1)[0])
-    ranked: list[QueryRanks] = []
-    frame = score_protocol(
-        emb,
-        snakemake.wildcards.protocol,
-        RetrievalOptions.from_config(snakemake.params.retrieval, snakemake.params.seed),
-        snakemake.wildcards.dataset,
-        snakemake.wildcards.encoder,
-        ranked,
-        snakemake.params.captions,
-    )
-    write_parquet(frame, snakemake.output.rows)
-    write_ranks(ranks_table(ranked, emb.texts, emb.images), snakemake.output.ranks)
-    write_parquet(hubness_rows(ranked), snakemake.output.hubness)
+    for name in ("rows", "hubness"):
+        frames = [pd.read_parquet(path) for path in snakemake.input[name]]
+        write_parquet(pd.concat(frames, ignore_index=True), snakemake.output[name])
+    tables = [pq.read_table(path) for path in snakemake.input.ranks]
+    write_ranks(pa.concat_tables(tables), snakemake.output.ranks)

@@ -14,7 +14,6 @@ from torch import nn
 from mmalign.config import embedding_plan, validate_config
 from mmalign.datasets import prepare_dataset
 from mmalign.embed import (
-    EMBEDDING_FILES,
     EmbeddingError,
     Embeddings,
     EmbedOptions,
@@ -30,6 +29,7 @@ from mmalign.embed import (
 )
 from mmalign.encoders import Encoder, ImageTower, build_encoder
 from mmalign.images import ImageReadError
+from mmalign.layout import EMBEDDING_FILES
 
 from . import models
 from .conftest import make_openclipart

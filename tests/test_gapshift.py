@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from mmalign.embed import Embeddings
-from mmalign.gapshift import GapShiftOptions, centroid_delta, shift, sweep, verdict
+from mmalign.gapshift import (
+    SPACE_NAMES,
+    GapShiftOptions,
+    centroid_delta,
+    gap_shift_figure,
+    shift,
+    sweep,
+)
+from mmalign.layout import DIRECTION_NAMES
 from mmalign.learn.common import PairSplit
+from mmalign.plotting import save_figure
+from mmalign.report import sweep_summary
 from mmalign.retrieval import RetrievalOptions, build_protocol, score_protocol
 from tests.test_retrieval import embeddings
 
@@ -72,7 +84,7 @@ def test_sweep_rows_gaps_and_cosines() -> None:
     assert cosines.loc[0.0, "matching_cosine"] == pytest.approx(direct.mean(), rel=1e-5)
     # Closing the gap raises every cross-modal cosine here: all points share the offset.
     assert cosines.loc[1.0, "non_matching_cosine"] > cosines.loc[0.0, "non_matching_cosine"]
-    summary = verdict(frame)
+    summary = sweep_summary(frame)
     assert set(summary) == {"t2i", "i2t"}
     assert (
         summary["t2i"]["hit_at_1_original"]
@@ -88,13 +100,13 @@ def test_mismatched_dimensions_are_na_rows_with_a_note_and_the_aligned_space_is_
     frame = sweep(wide, GapShiftOptions(lambdas=(0.0, 1.0)), ROPTS, LABEL, aligned)
     raw, heads = frame[frame["space"] == "raw"], frame[frame["space"] == "test_align"]
     assert raw["value"].isna().all() and (raw["note"].str.contains("16-d")).all()
-    assert verdict(raw) == {}
+    assert sweep_summary(raw) == {}
     assert heads["value"].notna().all() and (heads.query("measure == 'hit'")["k"] > 0).all()
     gaps = heads.groupby("lambda")["gap"].first()
     expected = np.linalg.norm(aligned.image.mean(0) - aligned.text.mean(0))
     assert gaps[0.0] == pytest.approx(expected, rel=1e-5) and gaps[1.0] < 1e-5
     with pytest.raises(ValueError, match="one space"):
-        verdict(frame)
+        sweep_summary(frame)
 
 
 def test_normalized_sweep_keeps_lambda_zero_ranks() -> None:
@@ -105,3 +117,19 @@ def test_normalized_sweep_keeps_lambda_zero_ranks() -> None:
     pd.testing.assert_frame_equal(
         raw.loc[raw["measure"] == "hit", hits], unit.loc[unit["measure"] == "hit", hits]
     )
+
+
+def test_the_figure_draws_each_space_and_states_an_na_one(tmp_path: Path) -> None:
+    emb = gapped()
+    wide = Embeddings(np.hstack([emb.image, emb.image]), emb.text, emb.images, emb.texts, {})
+    rows = np.arange(20)
+    aligned = PairSplit(emb.text[:20], emb.image[:20] + 1.0, rows, rows)
+    frame = sweep(wide, GapShiftOptions(lambdas=(0.0, 0.5, 1.0)), ROPTS, LABEL, aligned)
+    fig = gap_shift_figure(frame, "toy / enc")
+    raw, heads = fig.axes[:3], fig.axes[3:6]
+    assert raw[0].get_title(loc="left") == SPACE_NAMES["raw"]
+    assert not raw[0].get_lines() and "16-d" in raw[0].texts[0].get_text()  # n/a, with the note
+    labels = [str(line.get_label()) for line in heads[0].get_lines()]
+    labels = [label for label in labels if not label.startswith("_")]  # the lambda = 0 rule
+    assert labels == [f"{name} hit@{k}" for name in DIRECTION_NAMES.values() for k in (1, 5)]
+    assert all(p.stat().st_size > 1000 for p in save_figure(fig, tmp_path / "gap_shift"))

@@ -14,13 +14,16 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from mmalign import plots
+from mmalign import layout
 from mmalign.embed import Embeddings, write_embeddings
 from mmalign.geometry import (
+    BOUNDARY_COLUMNS,
+    BOUNDARY_GRID,
     GeometryConfig,
     GeometryError,
     Pairs,
     cosine_stats,
+    figures,
     first_caption_rows,
     gaussian_w2,
     gaussian_w2_from_moments,
@@ -30,6 +33,7 @@ from mmalign.geometry import (
     geometry_summary,
     matched_pairs,
     modality_gap,
+    modality_svm,
     precision_upper_bounds,
     rank_by_cosine,
     w2_batch_indices,
@@ -37,6 +41,7 @@ from mmalign.geometry import (
     wasserstein2_batched,
     wasserstein2_squared,
 )
+from mmalign.plotting import save_figure
 
 CFG = {
     "normalize": False,
@@ -353,6 +358,7 @@ def run_job(folder: Path) -> dict:
         threads=1,
         out_json=folder / "out" / "geometry.json",
         out_tsne=folder / "out" / "tsne.parquet",
+        out_boundary=folder / "out" / "tsne_boundary.parquet",
         figures_dir=folder / "out" / "figures",
         label={"dataset": "tiny", "encoder": folder.name},
     )
@@ -372,7 +378,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def assert_figures(folder: Path) -> None:
-    for name in plots.FIGURE_NAMES:
+    for name in layout.GEOMETRY_FIGURES:
         png, pdf = folder / f"{name}.png", folder / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert pdf.read_bytes()[:5] == b"%PDF-", pdf
@@ -420,16 +426,18 @@ def test_geometry_job_on_a_dimension_mismatch_writes_nulls_and_na_figures(
 
 def test_grid_and_upper_bound_figures(studies: dict[str, Path], tmp_path: Path) -> None:
     same, mismatch = studies["same"], studies["mismatch"]
-    written = plots.write_tsne_grid(
+    written = figures.write_tsne_grid(
         summaries=[same / "out" / "geometry.json", mismatch / "out" / "geometry.json"],
         points=[same / "out" / "tsne.parquet", mismatch / "out" / "tsne.parquet"],
+        boundaries=[folder / "out" / "tsne_boundary.parquet" for folder in (same, mismatch)],
         panels=[["tiny", "same"], ["tiny", "mismatch"]],
         datasets=["tiny"],
         encoders=["same", "mismatch"],
         out_stem=tmp_path / "figures" / "tsne_grid",
     )
     stem = tmp_path / "figures" / "precision_upper_bounds"
-    written += plots.save_figure(plots.precision_upper_bounds_figure(10, 5), stem)
+    figure = figures.precision_upper_bounds_figure(precision_upper_bounds(10, 5), 5)
+    written += save_figure(figure, stem)
     assert [p.name for p in written] == [
         "tsne_grid.png",
         "tsne_grid.pdf",
@@ -447,8 +455,28 @@ def test_a_manifest_that_does_not_match_the_embeddings_is_refused(tmp_path: Path
         run_job(folder)
 
 
-def test_the_rule_declares_every_figure_the_library_writes() -> None:
+def test_the_rule_declares_every_figure_the_library_writes(studies: dict[str, Path]) -> None:
     rules = (Path(__file__).resolve().parents[1] / "rules" / "geometry.smk").read_text()
-    declared = re.search(r"GEOMETRY_FIGURES = \[(.*)\]", rules)
-    assert declared is not None
-    assert re.findall(r'"(\w+)"', declared.group(1)) == list(plots.FIGURE_NAMES)
+    assert re.search(r"for name in layout\.GEOMETRY_FIGURES\b", rules)
+    expected = {f"{n}.{e}" for n in layout.GEOMETRY_FIGURES for e in layout.FIGURE_FORMATS}
+    for folder in studies.values():
+        assert {p.name for p in (folder / "out" / "figures").iterdir()} == expected
+
+
+def test_the_boundary_file_holds_the_svm_decision_values(studies: dict[str, Path]) -> None:
+    out = studies["same"] / "out"
+    points = pd.read_parquet(out / "tsne.parquet")
+    boundary = pd.read_parquet(out / "tsne_boundary.parquet")
+    assert list(boundary.columns) == list(BOUNDARY_COLUMNS)
+    assert len(boundary) == BOUNDARY_GRID**2
+    assert boundary.groupby("row")["y"].nunique().eq(1).all()  # rows run along y
+    assert boundary.groupby("col")["x"].nunique().eq(1).all()
+    assert boundary["x"].min() < points["x"].min() and boundary["x"].max() > points["x"].max()
+    assert boundary["y"].min() < points["y"].min() and boundary["y"].max() > points["y"].max()
+    # The figure's boundary is the fit the summary's accuracy comes from.
+    svm, accuracy = modality_svm(points)
+    assert accuracy == json.loads((out / "geometry.json").read_text())["tsne_svm_accuracy"]
+    decision = svm.decision_function(boundary[["x", "y"]].to_numpy())
+    np.testing.assert_array_equal(boundary["decision"].to_numpy(), decision)
+    empty = pd.read_parquet(studies["mismatch"] / "out" / "tsne_boundary.parquet")
+    assert len(empty) == 0 and list(empty.columns) == list(BOUNDARY_COLUMNS)

@@ -16,8 +16,9 @@ import mmalign.learn.ablation as ablation
 import mmalign.learn.mlp as mlp
 from mmalign.learn.ablation import AblationOptions, recipes, run_ablation, variants
 from mmalign.learn.common import TrainHistory
+from mmalign.learn.figures import mlp_ablation_figure
 from mmalign.learn.mlp import MLPOptions, SimilarityMLP, contrastive_loss, train_mlp
-from mmalign.plots import mlp_ablation_figure, save_figure
+from mmalign.plotting import save_figure
 from mmalign.retrieval import RetrievalOptions
 
 from .test_learn import CPU, LABEL, linear_relation

@@ -33,6 +33,15 @@ SCORE_FILES = [
 ]
 
 
+# The tiny study's score files as the main branch wrote them (paths under results/).
+REFERENCE = ROOT / "tests" / "data" / "tiny_study"
+REFERENCE_FILES = sorted(
+    p.relative_to(REFERENCE).as_posix()
+    for p in REFERENCE.rglob("*")
+    if p.is_file() and p.name != "PLATFORM.json"
+)
+
+
 def kill_when(
     args: list[str], cwd: Path, ready: Callable[[str], bool], timeout: float = 500
 ) -> str:
@@ -98,12 +107,78 @@ def assert_same_scores(a: Path, b: Path) -> None:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def platform_fingerprint() -> dict[str, str]:
+    """What decides the bits of the tiny study's floats, besides the code."""
+    import platform
+
+    import pyarrow
+    import torch
+
+    return {
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pandas": pd.__version__,
+    }
+
+
+# The one text a score file holds that the restructuring renamed on purpose: the
+# module alignment.json's interval description points to.
+RENAMED = {"see mmalign.alignment": "see mmalign.representation"}
+
+
+def without_timings(obj: object) -> object:
+    """A JSON document without its ``*_seconds`` keys (timings change every run)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if not k.endswith("_seconds")}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def differs(new: Path, old: Path, new_study: Path, old_study: str) -> bool:
+    """Whether a score file differs from its reference: bytes, except that JSON
+    is compared without timings (and with RENAMED applied to the reference), and
+    a table with image paths with each study's own folder taken out of them."""
+    if new.suffix == ".json":
+        text = old.read_text()
+        for before, after in RENAMED.items():
+            text = text.replace(before, after)
+        return without_timings(json.loads(new.read_text())) != without_timings(json.loads(text))
+    if new.read_bytes() == old.read_bytes():
+        return False
+    a, b = pd.read_parquet(new), pd.read_parquet(old)
+    if "image_path" not in a.columns:
+        return True
+    a["image_path"] = a["image_path"].str.removeprefix(str(new_study))
+    b["image_path"] = b["image_path"].str.removeprefix(old_study)
+    return not a.equals(b)
+
+
+def assert_same_as_reference(study: Path) -> None:
+    """Every score file of the tiny study as tests/data/tiny_study holds it
+    (recorded on the commit PLATFORM.json names, before the library was
+    reorganised by stage: a restructuring must not change a single score)."""
+    recorded = json.loads((REFERENCE / "PLATFORM.json").read_text())
+    if platform_fingerprint() != recorded["platform"]:
+        pytest.skip(f"reference bytes are for {recorded['platform']}, not {platform_fingerprint()}")
+    changed = [
+        name
+        for name in REFERENCE_FILES
+        if differs(study / "results" / name, REFERENCE / name, study, recorded["study_folder"])
+    ]
+    assert changed == [], f"score files that changed: {changed}"
+
+
 def test_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
-    # Only what the score files need (not the figures, ablation, report or MLflow).
-    args = [*tiny_study(straight, n_trials=3), *SCORE_FILES]
+    # Only the score files (not the figures, report or MLflow).
+    args = [*tiny_study(straight, n_trials=3), *(f"results/{n}" for n in REFERENCE_FILES)]
     assert snakemake(*args, cwd=straight).returncode == 0
+    assert_same_as_reference(straight)
 
     args = [*tiny_study(killed, n_trials=3), *SCORE_FILES]
     shards = killed / UNIT / "shards"
@@ -169,6 +244,11 @@ def test_a_different_seed_changes_the_random_choices_and_nothing_else(tmp_path: 
     same = [c for c in MANIFEST_COLUMNS if c not in ("split", "eval_split")]
     pd.testing.assert_frame_equal(a[same], b[same])  # the same pairs, in the same order
     assert (a["split"] != b["split"]).any()  # split differently
+    assert (a["eval_split"] != b["eval_split"]).any()
+    # The seeded max_images subset: other images (each split anew).
+    (c, _), (d, _) = build(recs, seed=0, max_images=10), build(recs, seed=1, max_images=10)
+    assert len(c) == len(d) == 10
+    assert set(c["image_id"]) != set(d["image_id"])
     emb = embeddings(50, captions=1)
     subsets = [
         build_protocol(emb, "subset", RetrievalOptions(subset_size=20, seed=s)) for s in (0, 1)
@@ -184,7 +264,7 @@ def test_one_job_writes_the_mlflow_store() -> None:
     writers = [
         p.relative_to(ROOT).as_posix()
         for p in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "src").rglob("*.py")]
-        if re.search(r"\bmlflow\b|mmalign\.tracking", p.read_text())
+        if re.search(r"^\s*(?:import|from) (?:mlflow|mmalign\.tracking)\b", p.read_text(), re.M)
     ]
     assert sorted(writers) == ["scripts/track.py", "src/mmalign/tracking.py"]
     rules = (ROOT / "rules/report.smk").read_text()

@@ -94,6 +94,23 @@ def fake_results(root: Path) -> Path:
     return root
 
 
+def track(config: dict, results: Path) -> dict:
+    """track_all on what fake_results wrote, named as the track rule names it."""
+    unit = results / "toy" / "enc"
+    files = {
+        "embedding_file": [unit / "embeddings" / "meta.json"],
+        "retrieval": [unit / "retrieval.parquet"],
+        "geometry": [unit / "geometry.json"],
+        "similarity": [unit / "alignment.json"],
+        "gap_shift": [unit / "gap_shift.parquet"],
+        "ablation": [unit / "learn" / "ablation.parquet"],
+        "variant_summary": [unit / "learn" / "mlp_mse.json"],
+        "variant_trials": [unit / "learn" / "mlp_mse.trials.parquet"],
+        "figure": [unit / "figures" / "tsne.png"],
+    }
+    return track_all(config, files, "abc123", results / "mlartifacts")
+
+
 def runs_in(uri: str) -> list:
     from mlflow.tracking import MlflowClient
 
@@ -118,7 +135,7 @@ def test_uri_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 def log_fake_results(root: Path) -> tuple[str, Path]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     results = fake_results(root / "results")
-    summary = track_all({**CONFIG, "mlflow": {"tracking_uri": uri}}, results, "abc123", [])
+    summary = track({**CONFIG, "mlflow": {"tracking_uri": uri}}, results)
     # parent + embed + retrieval + geometry + alignment + gap_shift + mlp_ablation
     # + learned variant + 2 trials
     assert summary["created"] == 10
@@ -171,11 +188,11 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
         by_name["trial 1"].data.tags["mlflow.parentRunId"] == by_name["learn: mlp_mse"].info.run_id
     )
 
-    assert track_all(CONFIG, results, "abc123", [])["created"] == 0  # unchanged: nothing new
+    assert track(CONFIG, results)["created"] == 0  # unchanged: nothing new
     assert len(runs_in(uri)) == 10
 
     changed = {**CONFIG, "seed": 1}
-    assert track_all(changed, results, "abc123", [])["created"] == 10  # new runs, old kept
+    assert track(changed, results)["created"] == 10  # new runs, old kept
     assert len(runs_in(uri)) == 20
 
 
@@ -247,7 +264,7 @@ def test_server_rest_api_lists_runs_metrics_artifacts(server: str) -> None:
     assert [f["path"] for f in listed["files"]] == ["retrieval.parquet"]
     geometry = next(r for r in runs if r["info"]["run_name"] == "geometry")
     listed = get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={geometry['info']['run_id']}")
-    assert sorted(f["path"] for f in listed["files"]) == ["figures", "geometry.json"]
+    assert sorted(f["path"] for f in listed["files"]) == ["geometry.json", "tsne.png"]
 
 
 def test_ui_screenshot_in_headless_chromium(server: str, tmp_path: Path) -> None:
@@ -304,12 +321,12 @@ def test_a_locked_database_is_a_clear_error_and_loses_nothing(
     holder.execute("BEGIN EXCLUSIVE")  # another process writing, e.g. a second workflow
     try:
         with pytest.raises(TrackingError, match="locked by another process"):
-            track_all(changed, results, "abc123", [])
+            track(changed, results)
     finally:
         holder.rollback()
         holder.close()
-    assert track_all(changed, results, "abc123", [])["created"] == 10  # logged in full now
-    assert track_all(changed, results, "abc123", [])["created"] == 0
+    assert track(changed, results)["created"] == 10  # logged in full now
+    assert track(changed, results)["created"] == 0
 
 
 def test_an_interrupted_tree_is_failed_and_logged_again(
@@ -326,8 +343,8 @@ def test_an_interrupted_tree_is_failed_and_logged_again(
 
     monkeypatch.setattr(MlflowClient, "log_artifact", broken)
     with pytest.raises(OSError, match="disk full"):
-        track_all(changed, results, "abc123", [])
+        track(changed, results)
     monkeypatch.setattr(MlflowClient, "log_artifact", real)
     failed = [r for r in runs_in(uri) if r.info.status == "FAILED"]
     assert [r.info.run_name for r in failed] == ["toy / enc"]
-    assert track_all(changed, results, "abc123", [])["created"] == 10
+    assert track(changed, results)["created"] == 10

@@ -179,6 +179,48 @@ def load_config(path: str) -> dict[str, Any]:
     return validate_config(config)
 
 
+# The smallest config the schema accepts; its validated form holds every default.
+_MINIMAL = {
+    "datasets": {"d": {"kind": "folder"}},
+    "encoders": {"e": {"kind": "hf_clip", "model": "m"}},
+}
+
+
+@functools.cache
+def _defaults(section: str) -> Any:
+    schema = load_schema()
+    parts = section.split(".") if section else []
+    if parts[:1] == ["datasets"]:
+        if len(parts) != 2:
+            raise KeyError(f"{section!r}: a dataset section is 'datasets.<kind>' or 'datasets.*'")
+        if parts[1] == "*":  # the keys every dataset kind has
+            node = {"type": "object", "properties": schema["$defs"]["dataset_common"]}
+            instance: dict[str, Any] = {}
+        else:
+            node, instance = _kind_schema(schema, "dataset", parts[1]), {"kind": parts[1]}
+        _check({**node, "$defs": schema["$defs"]}, instance, section)
+        instance.pop("kind", None)
+        return instance
+    value: Any = validate_config(copy.deepcopy(_MINIMAL))
+    for depth, part in enumerate(parts, 1):
+        if not isinstance(value, dict) or part not in value:
+            where = ".".join(parts[:depth])
+            raise KeyError(f"{section!r}: the schema gives no defaults at {where!r}")
+        value = value[part]
+    return value
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The defaults the validated config gets for ``section``: the one home of
+    every default (option dataclasses take theirs from here).
+
+    ``section`` is a dotted path into the config (``"retrieval"``,
+    ``"learn.mlp"``, ``"alignment"``; ``""`` = the whole config);
+    ``"datasets.<kind>"`` gives a dataset kind's defaults and ``"datasets.*"``
+    those every kind has. Returns a fresh copy (the result is cached)."""
+    return copy.deepcopy(_defaults(section))
+
+
 def config_hash(obj: Any) -> str:
     """A short, stable hash of a JSON-able object (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

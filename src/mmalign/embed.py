@@ -30,13 +30,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mmalign.config import schema_defaults
+from mmalign.devices import torch_device
 from mmalign.encoders import Encoder, Transform
 from mmalign.images import load_image
 from mmalign.io import atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_FILES = ("image.npy", "text.npy", "images.parquet", "texts.parquet", "meta.json")
 # The manifest's two split columns, carried into images.parquet and texts.parquet
 # (those of them a frame has: the manifest has both).
 SPLIT_COLUMNS = ("split", "eval_split")
@@ -90,13 +91,20 @@ class ImageFiles(Dataset):
         return i, self.transform(load_image(self.paths[i], self.render_size))
 
 
+_DEFAULTS = schema_defaults("embed")
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
-    batch_size: int = 32
-    text_batch_size: int = 128
+    """The ``embed`` config (see the schema: the defaults are its) and the rule's threads."""
+
+    batch_size: int = _DEFAULTS["batch_size"]
+    text_batch_size: int = _DEFAULTS["text_batch_size"]
+    # Derived: the schema's num_workers: auto is threads - 1, resolved by from_config;
+    # 1 is what auto gives a rule with 2 threads.
     num_workers: int = 1
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on CUDA
+    device: str = _DEFAULTS["device"]  # auto | cpu | cuda
+    amp: bool = _DEFAULTS["amp"]  # bf16 autocast on CUDA
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], threads: int) -> EmbedOptions:
@@ -107,11 +115,6 @@ class EmbedOptions:
             device=cfg["device"],
             amp=cfg["amp"],
         )
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
 
 
 def _check_finite(array: np.ndarray, ids: list[str], what: str) -> None:
@@ -134,7 +137,7 @@ def embed_images(
     encoder: Encoder, paths: list[str], opts: EmbedOptions, desc: str = "images"
 ) -> tuple[np.ndarray, float]:
     """Embed images in order; returns (features float32, images per second)."""
-    device = opts.torch_device()
+    device = torch_device(opts.device, "embed.device")
     tower = encoder.image
     if device.type == "cuda":
         tower.module.to(memory_format=torch.channels_last)
@@ -161,7 +164,7 @@ def embed_texts(
     encoder: Encoder, texts: list[str], opts: EmbedOptions, desc: str = "captions"
 ) -> tuple[np.ndarray, float]:
     """Embed captions in order; returns (features float32, captions per second)."""
-    device = opts.torch_device()
+    device = torch_device(opts.device, "embed.device")
     tower = encoder.text
     out = np.empty((len(texts), tower.dim), dtype=np.float32)
     start = time.perf_counter()
@@ -189,7 +192,7 @@ def embed_shard(
     shard_texts = texts[texts["image_row"].between(rows.start, rows.stop - 1)]
     label = f"shard {index + 1}/{n_shards}"
     log.info("%s: %d images, %d captions", label, len(shard_images), len(shard_texts))
-    encoder.to(opts.torch_device())
+    encoder.to(torch_device(opts.device, "embed.device"))
     image_ids = shard_images["image_id"].tolist()
     image_feats, images_per_s = embed_images(
         encoder, shard_images["image_path"].tolist(), opts, f"{label} images"
@@ -370,7 +373,7 @@ def embed_shard_job(
     opts = EmbedOptions.from_config(embed_cfg, threads)
     log.info(
         "device %s, %d decode workers, batch %d",
-        opts.torch_device(),
+        torch_device(opts.device, "embed.device"),
         opts.num_workers,
         opts.batch_size,
     )

@@ -34,11 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 
-from mmalign.plots import PAGE_WIDTH, _style, draw_na, new_figure, save_figure, shorten
+from mmalign.layout import DIRECTION_NAMES, DIRECTIONS, LEARNED_PROTOCOL
+from mmalign.plotting import PAGE_WIDTH, draw_na, new_figure, save_figure, shorten, style
 
-DIRECTIONS = ("t2i", "i2t")
-DIRECTION_NAMES = {"t2i": "text → image", "i2t": "image → text"}
-LEARNED_PROTOCOL = "learned_test"
 # Display names of the learned spaces (protocol learned_test); every other metric
 # name is a raw-space metric, shown as "raw <metric>".
 LEARNED_LABELS = {
@@ -384,7 +382,7 @@ def recall_curve_figure(curves: pd.DataFrame, title: str = "", measure: str = "r
     several = curves["protocol"].nunique() > 1
     k_max = int(curves["k"].max()) if len(curves) else 1
     ticks = [t for t in PLAIN_TICKS if t <= k_max]
-    with _style():
+    with style():
         pairs = curves[["protocol", "metric"]].drop_duplicates()
         n_labels = len(pairs)
         n_cols = 3 if several else 4

@@ -31,14 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from matplotlib.figure import Figure
 
+from mmalign.config import schema_defaults
 from mmalign.embed import Embeddings
 from mmalign.geometry import cosine_stats, l2_normalize, short_dimension_note
 from mmalign.io import write_parquet
-from mmalign.learn.common import PROTOCOL, PairSplit
+from mmalign.layout import DIRECTION_NAMES, LEARNED_PROTOCOL
+from mmalign.learn.common import PairSplit
+from mmalign.plotting import MATCH_COLOUR, PAGE_WIDTH, draw_na, new_figure, style
 from mmalign.retrieval import (
     QueryRanks,
     RetrievalOptions,
@@ -73,13 +78,16 @@ COLUMNS = [
 RANK_EXTRA = (("space", pa.string()), ("lambda", pa.float64()))
 
 
+_DEFAULTS = schema_defaults("gap_shift")
+
+
 @dataclass(frozen=True)
 class GapShiftOptions:
-    """The ``gap_shift`` config (see the schema)."""
+    """The ``gap_shift`` config (see the schema: the defaults are its)."""
 
-    lambdas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
-    protocol: str = "subset"
-    normalize: bool = False
+    lambdas: tuple[float, ...] = tuple(_DEFAULTS["lambdas"])
+    protocol: str = _DEFAULTS["protocol"]
+    normalize: bool = _DEFAULTS["normalize"]
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> GapShiftOptions:
@@ -183,47 +191,10 @@ def sweep(
         if opts.normalize:
             text, image = l2_normalize(text), l2_normalize(image)
         base = {**label, "space": "test_align", "note": ""}
-        rows += sweep_pairs(text, image, opts.lambdas, ropts, base,
-                            (aligned.text_rows, aligned.image_rows), PROTOCOL, sink)  # fmt: skip
+        pair_rows = (aligned.text_rows, aligned.image_rows)
+        rows += sweep_pairs(text, image, opts.lambdas, ropts, base, pair_rows, LEARNED_PROTOCOL,
+                            sink)  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS).astype({"k": "Int64"})
-
-
-def verdict(frame: pd.DataFrame, k: int = 1) -> dict[str, Any]:
-    """What the sweep of one space says about the paper's conclusion 3, per direction: hit@k
-    at the original gap and with the gap closed (lambda 1), whether closing it
-    changed hit@k beyond the bootstrap intervals (``higher`` / ``lower`` when
-    the two 95% intervals do not overlap, else ``no clear change``), the best
-    lambda, and the Spearman correlation between gap and hit@k over the grid."""
-    out: dict[str, Any] = {}
-    hits = frame[(frame["measure"] == "hit") & (frame["k"] == k)].dropna(subset=["value"])
-    if frame["space"].nunique() > 1:
-        raise ValueError("verdict: pass the rows of one space")
-    for direction, rows in hits.groupby("direction"):
-        by_lambda = rows.set_index("lambda")
-        if 0.0 not in by_lambda.index:
-            continue
-        original = by_lambda.loc[0.0]
-        closed = by_lambda.loc[1.0] if 1.0 in by_lambda.index else None
-        change = None
-        if closed is not None:
-            change = "no clear change"
-            if closed["ci_low"] > original["ci_high"]:
-                change = "higher"
-            elif closed["ci_high"] < original["ci_low"]:
-                change = "lower"
-        best = rows.loc[rows["value"].idxmax()]
-        varies = rows["value"].nunique() > 1 and rows["gap"].nunique() > 1
-        out[direction] = {
-            f"hit_at_{k}_original": float(original["value"]),
-            f"hit_at_{k}_gap_closed": None if closed is None else float(closed["value"]),
-            "change_when_closed": change,
-            "best_lambda": float(best["lambda"]),
-            f"best_hit_at_{k}": float(best["value"]),
-            "spearman_gap_vs_hit": float(rows["gap"].corr(rows["value"], method="spearman"))
-            if varies
-            else 0.0,
-        }
-    return out
 
 
 def gap_shift_job(
@@ -256,3 +227,70 @@ def gap_shift_job(
     write_parquet(frame, out_rows)
     write_ranks(ranks_table(ranked, emb.texts, emb.images, RANK_EXTRA), out_ranks)
     return frame
+
+
+# ---------------------------------------------------------------- the figure
+
+
+SPACE_NAMES = {"raw": "frozen embeddings", "test_align": "alignment heads' space (test split)"}
+
+
+def gap_shift_figure(frame: pd.DataFrame, title: str = "") -> Figure:
+    """The gap-shift sweep (:func:`sweep`'s rows), one row per space: cosine
+    hit@K against the shift lambda and against the resulting gap (lambda <= 1:
+    the path from the widened to the closed gap; both directions), and the
+    mean cosine of matching and non-matching pairs against lambda."""
+    spaces = list(dict.fromkeys(frame["space"]))
+    ks = sorted(frame.loc[frame["measure"] == "hit", "k"].dropna().unique())
+    colours = mpl.colormaps["viridis"](np.linspace(0, 0.85, max(1, len(ks))))
+    with style():
+        fig = new_figure(PAGE_WIDTH, 0.6 + 2.3 * max(1, len(spaces)))
+        grid = fig.subplots(max(1, len(spaces)), 3, squeeze=False)
+        handles: tuple[list[Any], list[str]] = ([], [])
+        for (by_lambda, by_gap, cosines), space in zip(grid, spaces, strict=False):
+            rows_of_space = frame[frame["space"] == space]
+            hits = rows_of_space[rows_of_space["measure"] == "hit"].dropna(subset=["value"])
+            by_lambda.set_title(SPACE_NAMES.get(space, space), loc="left")
+            if hits.empty:
+                note = rows_of_space["note"].dropna()
+                for ax in (by_lambda, by_gap, cosines):
+                    draw_na(ax, str(note.iloc[0]) if len(note) else "no rows")
+                continue
+            for direction, line_style in (("t2i", "-"), ("i2t", "--")):
+                for k, colour in zip(ks, colours, strict=True):
+                    rows = hits[(hits["direction"] == direction) & (hits["k"] == k)]
+                    rows = rows.sort_values("lambda")
+                    name = DIRECTION_NAMES[direction]
+                    by_lambda.plot(rows["lambda"], 100 * rows["value"], line_style, marker="o",
+                                   ms=2.5, color=colour, label=f"{name} hit@{k}")  # fmt: skip
+                    low, high = 100 * rows["ci_low"], 100 * rows["ci_high"]
+                    by_lambda.fill_between(rows["lambda"], low, high, color=colour, alpha=0.12,
+                                           lw=0)  # fmt: skip
+                    rows = rows[rows["lambda"] <= 1].sort_values("gap")
+                    by_gap.plot(rows["gap"], 100 * rows["value"], line_style, marker="o", ms=2.5,
+                                color=colour)  # fmt: skip
+            for ax, xlabel in ((by_lambda, "shift λ (1 = gap closed)"),
+                               (by_gap, "gap after the shift (λ ≤ 1)")):  # fmt: skip
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel("cosine hit@K (%)")
+                ax.grid(alpha=0.3, lw=0.5)
+            by_lambda.axvline(0, color="0.5", lw=0.6)
+            pairs = rows_of_space[rows_of_space["direction"] == "pairs"].sort_values("lambda")
+            for measure, colour, name in (
+                ("matching_cosine", MATCH_COLOUR, "matching pairs"),
+                ("non_matching_cosine", "0.4", "non-matching pairs"),
+            ):
+                rows = pairs[pairs["measure"] == measure]
+                cosines.plot(rows["lambda"], rows["value"], marker="o", ms=2.5, color=colour,
+                             label=name)  # fmt: skip
+            cosines.set_xlabel("shift λ")
+            cosines.set_ylabel("mean cosine")
+            cosines.grid(alpha=0.3, lw=0.5)
+            cosines.legend(frameon=False)
+            handles = by_lambda.get_legend_handles_labels()
+        if handles[0]:
+            fig.legend(*handles, loc="outside lower center", ncols=min(4, 2 * len(ks)),
+                       frameon=False)  # fmt: skip
+        if title:
+            fig.suptitle(title)
+    return fig

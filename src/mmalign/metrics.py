@@ -41,8 +41,8 @@ import numba
 import numpy as np
 import torch
 
-FIXED_METRICS = ("cosine", "euclidean", "manhattan", "chi2")
-CALIBRATED_METRICS = ("centered_cosine", "csls", "qbnorm")
+from mmalign.layout import CALIBRATED_METRICS, FIXED_METRICS
+
 METRICS = FIXED_METRICS + CALIBRATED_METRICS
 CHI2_EPS = np.float32(1e-12)
 

@@ -19,9 +19,16 @@ import pandas as pd
 
 from mmalign.error_analysis import queries_markdown
 from mmalign.io import atomic_path, write_csv
-from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS
+from mmalign.layout import (
+    CALIBRATED_METRICS,
+    FIXED_METRICS,
+    MLP_VARIANTS,
+    SIMILARITY_MEASURES,
+    unit_of,
+)
 
-LEARNED_METRICS = ("mlp_mse", "mlp_contrastive", "mlp_down")
+#: The paper's learned metrics: its MLPs.
+LEARNED_METRICS = tuple(MLP_VARIANTS)
 
 
 def percent(value: float, low: float = math.nan, high: float = math.nan) -> str:
@@ -173,14 +180,14 @@ def precision_table(
     return numbers, shown.reindex(index=numbers.index, columns=numbers.columns).fillna("n/a")
 
 
-ALIGNMENT_MEASURES = ("cka", "mutual_knn", "cknna")
+ALIGNMENT_MEASURES = SIMILARITY_MEASURES
 
 
 def alignment_table(
     alignment: dict[tuple[str, str], dict[str, Any]],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each (dataset, encoder, space) x measure: the value, its interval and its
-    permutation baseline (``alignment.json``; see :mod:`mmalign.alignment`)."""
+    permutation baseline (``alignment.json``; see :mod:`mmalign.representation`)."""
     numbers, shown = [], []
     for (dataset, encoder), doc in sorted(alignment.items()):
         for space, measures in doc.get("spaces", {}).items():
@@ -275,15 +282,51 @@ def paired_verdict(row: dict[str, Any] | None, alpha: float = 0.05) -> str:
     return "higher" if row["diff"] > 0 else "lower"
 
 
+def sweep_summary(frame: pd.DataFrame, k: int = 1) -> dict[str, Any]:
+    """What the sweep of one space says about the paper's conclusion 3, per direction: hit@k
+    at the original gap and with the gap closed (lambda 1), whether closing it
+    changed hit@k beyond the bootstrap intervals (``higher`` / ``lower`` when
+    the two 95% intervals do not overlap, else ``no clear change``), the best
+    lambda, and the Spearman correlation between gap and hit@k over the grid."""
+    out: dict[str, Any] = {}
+    hits = frame[(frame["measure"] == "hit") & (frame["k"] == k)].dropna(subset=["value"])
+    if frame["space"].nunique() > 1:
+        raise ValueError("sweep_summary: pass the rows of one space")
+    for direction, rows in hits.groupby("direction"):
+        by_lambda = rows.set_index("lambda")
+        if 0.0 not in by_lambda.index:
+            continue
+        original = by_lambda.loc[0.0]
+        closed = by_lambda.loc[1.0] if 1.0 in by_lambda.index else None
+        change = None
+        if closed is not None:
+            change = "no clear change"
+            if closed["ci_low"] > original["ci_high"]:
+                change = "higher"
+            elif closed["ci_high"] < original["ci_low"]:
+                change = "lower"
+        best = rows.loc[rows["value"].idxmax()]
+        varies = rows["value"].nunique() > 1 and rows["gap"].nunique() > 1
+        out[direction] = {
+            f"hit_at_{k}_original": float(original["value"]),
+            f"hit_at_{k}_gap_closed": None if closed is None else float(closed["value"]),
+            "change_when_closed": change,
+            "best_lambda": float(best["lambda"]),
+            f"best_hit_at_{k}": float(best["value"]),
+            "spearman_gap_vs_hit": float(rows["gap"].corr(rows["value"], method="spearman"))
+            if varies
+            else 0.0,
+        }
+    return out
+
+
 def gap_shift_verdict(frame: pd.DataFrame, paired: pd.DataFrame) -> str:
     """One line per (dataset, encoder, space) on the paper's conclusion 3: hit@1
     with the gap closed (λ = 1) against the original gap (λ = 0) on the same
     queries, as a paired difference with McNemar's test."""
-    from mmalign.gapshift import verdict
-
     lines = []
     for (dataset, encoder, space), rows in frame.groupby(["dataset", "encoder", "space"]):
-        found = verdict(rows)
+        found = sweep_summary(rows)
         unit = f"{dataset} / {encoder} ({space})"
         if not found:
             note = rows["note"].dropna()
@@ -618,10 +661,6 @@ def build_report(
         tmp.write_text("\n".join(sections))
 
 
-def load_units(paths: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """``results/{dataset}/{encoder}/*.json`` files by (dataset, encoder)."""
-    out = {}
-    for path in paths:
-        p = Path(path)
-        out[(p.parent.parent.name, p.parent.name)] = json.loads(p.read_text())
-    return out
+def load_units(artifact: str, paths: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per-unit JSON files (``artifact`` of :mod:`mmalign.layout`) by (dataset, encoder)."""
+    return {unit_of(artifact, p): json.loads(Path(p).read_text()) for p in paths}

@@ -45,9 +45,11 @@ import torch
 from tqdm import tqdm
 
 from mmalign import seeding
+from mmalign.config import schema_defaults
 from mmalign.embed import Embeddings
 from mmalign.io import atomic_path
-from mmalign.metrics import CALIBRATED_METRICS, FIXED_METRICS, Scorer, l2_normalize
+from mmalign.layout import FIXED_METRICS, PROTOCOLS
+from mmalign.metrics import Scorer, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ RESULT_COLUMNS = [
     "dataset", "encoder", "protocol", "direction", "metric", "k", "measure",
     "value", "ci_low", "ci_high", "n_queries", "note",
 ]  # fmt: skip
-PROTOCOLS = ("subset", "full", "multicaption")
 HUB_K = 10  # the k of the k-occurrence N_k that hubness is measured by
 
 
@@ -386,18 +387,23 @@ def write_ranks(table: pa.Table, path: str | Path) -> None:
 # ---- protocols -------------------------------------------------------------
 
 
+_DEFAULTS = schema_defaults("retrieval")
+
+
 @dataclass(frozen=True)
 class RetrievalOptions:
-    ks: tuple[int, ...] = (1, 5, 10)
-    metrics: tuple[str, ...] = FIXED_METRICS + CALIBRATED_METRICS
-    subset_size: int = 1000
-    multicaption_split: str = "test"
-    bootstrap: int = 1000
-    block_mb: float = 256
-    csls_k: int = 10
-    qbnorm_beta: float = 20.0
-    querybank_size: int = 5000
-    seed: int = 0
+    """The ``retrieval`` config (see the schema: the defaults are its) and the seed."""
+
+    ks: tuple[int, ...] = tuple(_DEFAULTS["ks"])
+    metrics: tuple[str, ...] = tuple(_DEFAULTS["metrics"])
+    subset_size: int = _DEFAULTS["subset_size"]
+    multicaption_split: str = _DEFAULTS["multicaption_split"]
+    bootstrap: int = _DEFAULTS["bootstrap"]
+    block_mb: float = _DEFAULTS["block_mb"]
+    csls_k: int = _DEFAULTS["csls_k"]
+    qbnorm_beta: float = _DEFAULTS["qbnorm_beta"]
+    querybank_size: int = _DEFAULTS["querybank_size"]
+    seed: int = 0  # the config's top-level seed, passed to from_config
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], seed: int) -> RetrievalOptions:

@@ -23,16 +23,21 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mmalign import layout
+
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///results/mlflow.db"
+#: One unit's files by artifact name (mmalign.layout).
+UnitFiles = dict[str, list[Path]]
+
+DEFAULT_URI = f"sqlite:///{layout.path('mlflow_db')}"
 KEY_TAG, HASH_TAG = "mmalign.key", "mmalign.hash"
 
 
@@ -137,9 +142,42 @@ def _numbers(obj: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any]) -> RunSpec:
-    """The parent run of one (dataset, encoder) and its stage runs, from files."""
-    unit = results / dataset / encoder
+#: The track rule's per-unit inputs: MLflow stage run -> its score file's artifact.
+STAGE_FILES = {
+    "embed": "embedding_file",
+    "retrieval": "retrieval",
+    "geometry": "geometry",
+    "alignment": "similarity",
+    "gap_shift": "gap_shift",
+    "mlp_ablation": "ablation",
+}
+#: Per-unit figures by the stage run they belong to (the rest go with retrieval).
+FIGURE_STAGES = {
+    **{name: "geometry" for name in layout.GEOMETRY_FIGURES},
+    "gap_shift": "gap_shift",
+    "mlp_ablation": "mlp_ablation",
+}
+
+
+def unit_files(files: Mapping[str, Sequence[str | Path]]) -> dict[tuple[str, str], UnitFiles]:
+    """The track rule's named inputs (artifact name -> files; see
+    :mod:`mmalign.layout`), grouped by (dataset, encoder)."""
+    units: dict[tuple[str, str], UnitFiles] = {}
+    for artifact, paths in files.items():
+        for file in paths:
+            found = layout.wildcards(artifact, str(file))
+            unit = units.setdefault((found["dataset"], found["encoder"]), {})
+            unit.setdefault(artifact, []).append(Path(file))
+    return units
+
+
+def _one(files: UnitFiles, artifact: str) -> Path | None:
+    found = files.get(artifact, [])
+    return found[0] if found else None
+
+
+def unit_runs(dataset: str, encoder: str, files: UnitFiles, config: dict[str, Any]) -> RunSpec:
+    """The parent run of one (dataset, encoder) and its stage runs, from its files."""
     parent = RunSpec(
         name=f"{dataset} / {encoder}",
         params={
@@ -149,104 +187,66 @@ def unit_runs(results: Path, dataset: str, encoder: str, config: dict[str, Any])
         },
         tags={"dataset": dataset, "encoder": encoder},
     )
-    meta = unit / "embeddings" / "meta.json"
-    if meta.exists():
-        parent.children.append(
-            RunSpec(
-                "embed",
-                params=flatten(config.get("embed", {}), "embed"),
-                metrics=_numbers(json.loads(meta.read_text())),
-                artifacts=[meta],
+    figures: dict[str, list[Path]] = {}
+    for figure in files.get("figure", []):
+        stage = FIGURE_STAGES.get(layout.wildcards("figure", str(figure))["name"], "retrieval")
+        figures.setdefault(stage, []).append(figure)
+    for stage, artifact in STAGE_FILES.items():
+        source = _one(files, artifact)
+        if source is None:
+            continue
+        run = RunSpec(stage, artifacts=[source, *sorted(figures.get(stage, []))])
+        if stage == "embed":
+            run.params = flatten(config.get("embed", {}), "embed")
+            run.metrics = _numbers(json.loads(source.read_text()))
+        elif stage == "retrieval":
+            run.params = flatten(config.get("retrieval", {}), "retrieval")
+            run.metrics = row_metrics(
+                pd.read_parquet(source), lambda r: (r["protocol"], r["direction"], r["metric"])
             )
-        )
-    retrieval = unit / "retrieval.parquet"
-    if retrieval.exists():
-        metrics = row_metrics(
-            pd.read_parquet(retrieval), lambda r: (r["protocol"], r["direction"], r["metric"])
-        )
-        parent.children.append(
-            RunSpec(
-                "retrieval",
-                params=flatten(config.get("retrieval", {}), "retrieval"),
-                metrics=metrics,
-                artifacts=[retrieval],
+        elif stage in ("geometry", "alignment"):
+            run.params = flatten(config.get(stage, {}), stage)
+            run.metrics = _numbers(json.loads(source.read_text()))
+        elif stage == "gap_shift":
+            frame = pd.read_parquet(source).dropna(subset=["value"])
+            run.params = flatten(config.get("gap_shift", {}), "gap_shift")
+            run.metrics = row_metrics(
+                frame, lambda r: (r["space"], f"lambda_{r['lambda']:g}", r["direction"])
             )
-        )
-    geometry = unit / "geometry.json"
-    if geometry.exists():
-        figures = unit / "figures"
-        parent.children.append(
-            RunSpec(
-                "geometry",
-                params=flatten(config.get("geometry", {}), "geometry"),
-                metrics=_numbers(json.loads(geometry.read_text())),
-                artifacts=[geometry] + ([figures] if figures.exists() else []),
+            gaps = frame.groupby(["space", "lambda"])["gap"].first()
+            run.metrics |= {f"{s}/lambda_{lam:g}/gap": float(g) for (s, lam), g in gaps.items()}
+        else:  # mlp_ablation
+            run.params = flatten(config.get("learn", {}).get("ablation", {}), "ablation")
+            run.metrics = row_metrics(
+                pd.read_parquet(source),
+                lambda r: (r["metric"].removeprefix("mlp_ablation:"), r["direction"]),
             )
-        )
-    alignment = unit / "alignment.json"
-    if alignment.exists():
-        parent.children.append(
-            RunSpec(
-                "alignment",
-                params=flatten(config.get("alignment", {}), "alignment"),
-                metrics=_numbers(json.loads(alignment.read_text())),
-                artifacts=[alignment],
-            )
-        )
-    gap_shift = unit / "gap_shift.parquet"
-    if gap_shift.exists():
-        frame = pd.read_parquet(gap_shift).dropna(subset=["value"])
-        metrics = row_metrics(
-            frame, lambda r: (r["space"], f"lambda_{r['lambda']:g}", r["direction"])
-        )
-        gaps = frame.groupby(["space", "lambda"])["gap"].first()
-        metrics |= {f"{space}/lambda_{lam:g}/gap": float(g) for (space, lam), g in gaps.items()}
-        figures = sorted((unit / "figures").glob("gap_shift.*"))
-        parent.children.append(
-            RunSpec(
-                "gap_shift",
-                params=flatten(config.get("gap_shift", {}), "gap_shift"),
-                metrics=metrics,
-                artifacts=[gap_shift, *figures],
-            )
-        )
-    ablation = unit / "learn" / "ablation.parquet"
-    if ablation.exists():
-        frame = pd.read_parquet(ablation)
-        parent.children.append(
-            RunSpec(
-                "mlp_ablation",
-                params=flatten(config.get("learn", {}).get("ablation", {}), "ablation"),
-                metrics=row_metrics(
-                    frame, lambda r: (r["metric"].removeprefix("mlp_ablation:"), r["direction"])
-                ),
-                artifacts=[
-                    ablation,
-                    *sorted(unit.glob("learn/ablation_curves.parquet")),
-                    *sorted(unit.glob("figures/mlp_ablation.*")),
-                ],
-            )
-        )
-    learn = unit / "learn"
-    for summary in sorted(learn.glob("*.json")) if learn.exists() else []:
-        parent.children.append(learned_run(summary))
+            run.artifacts[1:1] = files.get("ablation_curves", [])
+        parent.children.append(run)
+    trials = {
+        layout.wildcards("variant_trials", str(t))["variant"]: t
+        for t in files.get("variant_trials", [])
+    }
+    for summary in sorted(files.get("variant_summary", [])):
+        variant = layout.wildcards("variant_summary", str(summary))["variant"]
+        parent.children.append(learned_run(summary, variant, trials.get(variant)))
     return parent
 
 
-def learned_run(summary: Path) -> RunSpec:
-    """A learned variant: its summary, weights, trials table and Optuna journal
-    (``{variant}.optuna/``); each trial as a child run with its loss curves."""
+def learned_run(summary: Path, variant: str, trials: Path | None) -> RunSpec:
+    """A learned variant: its summary, trials table and Optuna journal (the
+    ``variant_study`` folder beside them); each trial as a child run with its
+    loss curves."""
     data = json.loads(summary.read_text())
-    variant = summary.stem
+    study = summary.parent / Path(layout.ARTIFACTS["variant_study"]).name.format(variant=variant)
     run = RunSpec(
         f"learn: {variant}",
         params=flatten(data.get("best_params", {}), "best")
         | flatten(data.get("config", {}), "learn"),
         metrics=_numbers({k: v for k, v in data.items() if k not in ("best_params", "config")}),
-        artifacts=sorted(summary.parent.glob(f"{variant}.*")),
+        artifacts=[summary, *([trials] if trials else []), *([study] if study.is_dir() else [])],
     )
-    trials = summary.parent / f"{variant}.trials.parquet"
-    if trials.exists():
+    if trials is not None:
         run.children.extend(trial_run(row) for row in pd.read_parquet(trials).to_dict("records"))
     return run
 
@@ -385,14 +385,19 @@ class Tracker:
 
 
 def track_all(
-    config: dict[str, Any], results: Path, commit: str, extra_artifacts: list[Path]
+    config: dict[str, Any],
+    files: Mapping[str, Sequence[str | Path]],
+    commit: str,
+    artifacts_dir: Path,
+    extra_artifacts: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Log every (dataset, encoder) of ``config``; return what was logged."""
+    """Log every (dataset, encoder) of ``config`` from ``files`` (the track rule's
+    inputs: artifact name -> paths); return what was logged."""
     from mmalign.config import config_hash
 
     uri = tracking_uri(config)
     experiment = config.get("mlflow", {}).get("experiment", "mmalign")
-    tracker = Tracker(uri, experiment, results / "mlartifacts")
+    tracker = Tracker(uri, experiment, artifacts_dir)
     common = {"git_commit": commit, "config_hash": config_hash(config)}
     summary: dict[str, Any] = {
         "tracking_uri": uri,
@@ -400,9 +405,10 @@ def track_all(
         "runs": {},
         "created": 0,
     }
+    units = unit_files(files)
     for dataset in sorted(config["datasets"]):
         for encoder in sorted(config["encoders"]):
-            spec = unit_runs(results, dataset, encoder, config)
+            spec = unit_runs(dataset, encoder, units.get((dataset, encoder), {}), config)
             spec.artifacts += [p for p in extra_artifacts if p.exists()]
             run_id, created = tracker.log(spec, f"{dataset}/{encoder}", common)
             summary["runs"][f"{dataset}/{encoder}"] = run_id

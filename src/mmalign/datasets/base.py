@@ -36,12 +36,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from mmalign import seeding
+from mmalign.config import schema_defaults
 from mmalign.images import ImageReadError, probe_image
+from mmalign.layout import SPLITS
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["image_id", "image_path", "caption", "caption_idx", "split", "eval_split"]
-SPLITS = ("train", "val", "test")
 # splits.source fills `split`; splits.eval_source fills `eval_split`.
 SPLIT_SOURCES = ("random", "dataset")
 EVAL_SOURCES = ("split", "dataset")
@@ -119,32 +120,36 @@ class PrepareReport:
         }
 
 
+_DEFAULTS = schema_defaults("datasets.*")
+
+
 @dataclass(frozen=True)
 class ManifestOptions:
-    """The protocol options shared by every dataset kind (see the config schema)."""
+    """The protocol options shared by every dataset kind (see the config schema: the
+    defaults are its) and the seed."""
 
-    captions: str = "first"  # "first" (the paper's 1:1) or "all"
-    max_images: int | None = None
-    split_source: str = "random"  # "random" or "dataset": fills `split`
-    eval_source: str = "split"  # "split" (a copy of `split`) or "dataset": fills `eval_split`
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    check_images: bool = True
-    seed: int = 0
+    captions: str = _DEFAULTS["captions"]  # "first" (the paper's 1:1) or "all"
+    max_images: int | None = _DEFAULTS["max_images"]
+    split_source: str = _DEFAULTS["splits"]["source"]  # "random" or "dataset": fills `split`
+    # "split" (a copy of `split`) or "dataset": fills `eval_split`
+    eval_source: str = _DEFAULTS["splits"]["eval_source"]
+    split_fractions: tuple[float, float, float] = tuple(
+        _DEFAULTS["splits"][s] for s in ("train", "val", "test")
+    )
+    check_images: bool = _DEFAULTS["check_images"]
+    seed: int = 0  # the config's top-level seed, passed to from_config
 
     @classmethod
     def from_config(cls, dataset_cfg: dict[str, Any], seed: int) -> ManifestOptions:
-        splits = dataset_cfg.get("splits", {})
+        """From a validated ``datasets.<name>`` entry (every key filled)."""
+        splits = dataset_cfg["splits"]
         return cls(
-            captions=dataset_cfg.get("captions", "first"),
-            max_images=dataset_cfg.get("max_images"),
-            split_source=splits.get("source", "random"),
-            eval_source=splits.get("eval_source", "split"),
-            split_fractions=(
-                splits.get("train", 0.8),
-                splits.get("val", 0.1),
-                splits.get("test", 0.1),
-            ),
-            check_images=dataset_cfg.get("check_images", True),
+            captions=dataset_cfg["captions"],
+            max_images=dataset_cfg["max_images"],
+            split_source=splits["source"],
+            eval_source=splits["eval_source"],
+            split_fractions=(splits["train"], splits["val"], splits["test"]),
+            check_images=dataset_cfg["check_images"],
             seed=seed,
         )
 

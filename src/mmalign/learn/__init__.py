@@ -30,8 +30,10 @@ from typing import Any
 import optuna
 import torch
 
+from mmalign.devices import torch_device
 from mmalign.embed import Embeddings
 from mmalign.io import write_json, write_parquet
+from mmalign.layout import FIXED_METRICS, MLP_VARIANTS, VARIANTS
 from mmalign.learn.align import (
     ALIGNED_METRICS,
     AlignOptions,
@@ -48,21 +50,17 @@ from mmalign.learn.common import (
     pair_splits,
     paper_lr_factor,
     result_frame,
-    torch_device,
     write_safetensors,
 )
 from mmalign.learn.mlp import (
-    MLP_VARIANTS,
     MLPOptions,
     VariantOutput,
     run_mlp_variant,
     trials_table,
 )
-from mmalign.metrics import FIXED_METRICS
 from mmalign.retrieval import RetrievalOptions, hubness_rows, ranks_table, write_ranks
 
 __all__ = [
-    "VARIANTS",
     "EarlyStopping",
     "LearnError",
     "learn_job",
@@ -72,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("mlp_mse", "mlp_contrastive", "mlp_down", "align", "align_linear")
 # The metric names each variant writes rows for (align: the aligned space, then
 # the raw fixed metrics on the same test pairs as the reference).
 VARIANT_METRICS = {
@@ -129,7 +126,7 @@ def learn_job(
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(optuna.logging.INFO)
-    device = torch_device(learn_cfg["device"])
+    device = torch_device(learn_cfg["device"], "learn.device")
     ropts = RetrievalOptions.from_config(retrieval_cfg, seed)
     if variant not in VARIANTS:
         raise LearnError(f"unknown learned variant {variant!r}; known: {VARIANTS}")

@@ -56,8 +56,9 @@ import pandas as pd
 import torch
 
 from mmalign import seeding
+from mmalign.config import schema_defaults
+from mmalign.layout import DIRECTIONS
 from mmalign.learn.common import (
-    DIRECTIONS,
     PairSplits,
     dimension_note,
     na_rows,
@@ -77,15 +78,19 @@ log = logging.getLogger(__name__)
 CURVE_COLUMNS = ["variant", "direction", "epoch", "train_loss", "val_loss", "lr", "best"]
 
 
+_DEFAULTS = schema_defaults("learn.ablation")
+
+
 @dataclass(frozen=True)
 class AblationOptions:
-    """The ``learn.ablation`` config (see the schema)."""
+    """The ``learn.ablation`` config (see the schema: the defaults are its; ``enabled``
+    is read by the workflow, not here)."""
 
-    hidden: tuple[int, ...] = (256, 128)
-    paper_epochs: int = 20
-    converge_epochs: int = 40
-    converge_patience: int = 5
-    negatives: tuple[int, ...] = (1, 4, 16)
+    hidden: tuple[int, ...] = tuple(_DEFAULTS["hidden"])
+    paper_epochs: int = _DEFAULTS["paper_epochs"]
+    converge_epochs: int = _DEFAULTS["converge_epochs"]
+    converge_patience: int = _DEFAULTS["converge_patience"]
+    negatives: tuple[int, ...] = tuple(_DEFAULTS["negatives"])
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> AblationOptions:
@@ -220,9 +225,10 @@ def ablation_job(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``mlp_ablation`` rule: the variants' test rows, their per-query ranks
     and their loss curves."""
+    from mmalign.devices import torch_device
     from mmalign.embed import Embeddings
     from mmalign.io import write_parquet
-    from mmalign.learn.common import SplitTooSmall, pair_splits, torch_device
+    from mmalign.learn.common import SplitTooSmall, pair_splits
 
     torch.set_num_threads(max(1, threads))
     ropts = RetrievalOptions.from_config(retrieval_cfg, seed)
@@ -238,8 +244,8 @@ def ablation_job(
         curves = pd.DataFrame(columns=CURVE_COLUMNS)
     else:
         base = MLPOptions.from_config(learn_cfg["mlp"])
-        rows, curves = run_ablation(splits, base, opts, ropts, seed,
-                                    torch_device(learn_cfg["device"]), label, ranked)  # fmt: skip
+        device = torch_device(learn_cfg["device"], "learn.device")
+        rows, curves = run_ablation(splits, base, opts, ropts, seed, device, label, ranked)
     write_parquet(rows, out_rows)
     write_parquet(curves, out_curves)
     write_ranks(ranks_table(ranked, emb.texts, emb.images), out_ranks)

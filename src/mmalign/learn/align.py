@@ -50,10 +50,10 @@ import torch
 from torch import nn
 
 from mmalign import seeding
+from mmalign.config import schema_defaults
 from mmalign.embed import Embeddings
+from mmalign.layout import DIRECTIONS, FIXED_METRICS, LEARNED_PROTOCOL
 from mmalign.learn.common import (
-    DIRECTIONS,
-    PROTOCOL,
     EarlyStopping,
     PairSplit,
     PairSplits,
@@ -66,7 +66,7 @@ from mmalign.learn.common import (
     ranked_rows,
 )
 from mmalign.learn.mlp import VariantOutput, history_attrs, trials_table
-from mmalign.metrics import FIXED_METRICS, Scorer
+from mmalign.metrics import Scorer
 from mmalign.retrieval import QueryRanks, RetrievalOptions, Task, relevant_ranks, score_task
 
 log = logging.getLogger(__name__)
@@ -79,21 +79,24 @@ ALIGNED_METRICS = {
 }
 
 
+_DEFAULTS = schema_defaults("learn.align")
+
+
 @dataclass(frozen=True)
 class AlignOptions:
-    """The ``learn.align`` config (see the schema)."""
+    """The ``learn.align`` config (see the schema: the defaults are its)."""
 
-    dim: int = 256
-    hidden: int | None = 1024
-    dropout: float = 0.5
-    epochs: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    patience: int = 10
-    min_delta: float = 0.0
-    temperature: float = 0.07
-    max_logit_scale: float = 100.0
+    dim: int = _DEFAULTS["dim"]
+    hidden: int | None = _DEFAULTS["hidden"]
+    dropout: float = _DEFAULTS["dropout"]
+    epochs: int = _DEFAULTS["epochs"]
+    lr: float = _DEFAULTS["lr"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    patience: int = _DEFAULTS["patience"]
+    min_delta: float = _DEFAULTS["min_delta"]
+    temperature: float = _DEFAULTS["temperature"]
+    max_logit_scale: float = _DEFAULTS["max_logit_scale"]
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> AlignOptions:
@@ -280,7 +283,7 @@ def fixed_metric_rows(
             task = direction_task(split, direction)
             occurrence = np.zeros(len(task.gallery), dtype=np.int64)
             ranks = score_task(task, metric, None, opts, occurrence)
-            base = {**label, "protocol": PROTOCOL, "direction": direction, "metric": name}
+            base = {**label, "protocol": LEARNED_PROTOCOL, "direction": direction, "metric": name}
             r, summary[name][direction] = ranked_rows(ranks, task, base, opts)
             rows += r
             if sink is not None:
@@ -355,12 +358,16 @@ def run_align_variant(
 # ---- the linear baseline: regularised CCA -------------------------------------
 
 
+_LINEAR_DEFAULTS = schema_defaults("learn.linear")
+
+
 @dataclass(frozen=True)
 class LinearOptions:
-    """The ``learn.linear`` config: grids searched on the validation split."""
+    """The ``learn.linear`` config: grids searched on the validation split (see the
+    schema: the defaults are its)."""
 
-    dims: tuple[int, ...] = (32, 64, 128, 256)
-    ridge: tuple[float, ...] = (0.01, 0.1, 1.0)
+    dims: tuple[int, ...] = tuple(_LINEAR_DEFAULTS["dims"])
+    ridge: tuple[float, ...] = tuple(_LINEAR_DEFAULTS["ridge"])
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> LinearOptions:

@@ -26,6 +26,7 @@ import torch
 from mmalign import seeding
 from mmalign.embed import Embeddings
 from mmalign.io import atomic_path
+from mmalign.layout import DIRECTIONS, LEARNED_PROTOCOL, SPLITS
 from mmalign.retrieval import (
     RESULT_COLUMNS,
     QueryRanks,
@@ -40,10 +41,6 @@ from mmalign.retrieval import (
 )
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-PROTOCOL = "learned_test"
-DIRECTIONS = ("t2i", "i2t")
 
 
 class LearnError(ValueError):
@@ -208,15 +205,6 @@ class TrainHistory:
         }
 
 
-def torch_device(name: str) -> torch.device:
-    """``auto`` = CUDA when there is a GPU, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LearnError("learn.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def write_safetensors(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path
 ) -> None:
@@ -325,7 +313,7 @@ def score_learned(
         occurrence = np.zeros(len(task.gallery), dtype=np.int64)
         scorer = scorer_for(direction)
         ranks = relevant_ranks(scorer, task, opts.block_mb, occurrence)  # type: ignore[arg-type]
-        base = {**label, "protocol": PROTOCOL, "direction": direction, "metric": metric}
+        base = {**label, "protocol": LEARNED_PROTOCOL, "direction": direction, "metric": metric}
         r, summary[direction] = ranked_rows(ranks, task, base, opts)
         rows += r
         if sink is not None:
@@ -341,7 +329,7 @@ def na_rows(
     nan = {m: (np.nan, np.nan, np.nan) for m in measure_names(opts.ks)}
     rows = []
     for direction in DIRECTIONS:
-        base = {**label, "protocol": PROTOCOL, "direction": direction, "metric": metric}
+        base = {**label, "protocol": LEARNED_PROTOCOL, "direction": direction, "metric": metric}
         rows += [{**base, **r} for r in rows_for(nan, n_queries, note)]
     return rows
 

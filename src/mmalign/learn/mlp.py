@@ -75,9 +75,9 @@ from optuna.trial import TrialState
 from torch import nn
 
 from mmalign import seeding
-from mmalign.config import config_hash
+from mmalign.config import config_hash, schema_defaults
+from mmalign.layout import DIRECTIONS, MLP_VARIANTS
 from mmalign.learn.common import (
-    DIRECTIONS,
     EarlyStopping,
     PairSplit,
     PairSplits,
@@ -93,7 +93,6 @@ from mmalign.retrieval import QueryRanks, RetrievalOptions
 
 log = logging.getLogger(__name__)
 
-MLP_VARIANTS = {"mlp_mse": "mse", "mlp_contrastive": "contrastive", "mlp_down": "mse"}
 LOSSES = ("mse", "contrastive")
 
 
@@ -173,23 +172,28 @@ def sample_negatives(
 # ---- training ---------------------------------------------------------------
 
 
+_DEFAULTS = schema_defaults("learn.mlp")
+
+
 @dataclass(frozen=True)
 class MLPOptions:
-    """The ``learn.mlp`` config (see the schema)."""
+    """The ``learn.mlp`` config (see the schema: the defaults are its)."""
 
-    n_trials: int = 2
-    max_epochs: int = 3
-    batch_size: int = 64
-    lr: float = 5e-5
-    patience: int = 5
-    min_delta: float = 0.01
-    negatives: int = 2
-    layers: tuple[int, int] = (1, 5)
-    neurons: tuple[int, int] = (100, 1100)
-    down_hidden: tuple[int, ...] = (500, 300, 100)
-    lr_schedule: bool = True  # the paper's per-epoch factor; False = constant lr
-    balanced: bool = False  # positives and negatives weighted 1/2 each, not 1/N and (N-1)/N
-    stop_against: str = "previous"  # EarlyStopping's reference: "previous" (paper) or "best"
+    n_trials: int = _DEFAULTS["n_trials"]
+    max_epochs: int = _DEFAULTS["max_epochs"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    lr: float = _DEFAULTS["lr"]
+    patience: int = _DEFAULTS["patience"]
+    min_delta: float = _DEFAULTS["min_delta"]
+    negatives: int = _DEFAULTS["negatives"]
+    layers: tuple[int, int] = tuple(_DEFAULTS["layers"])
+    neurons: tuple[int, int] = tuple(_DEFAULTS["neurons"])
+    down_hidden: tuple[int, ...] = tuple(_DEFAULTS["down_hidden"])
+    lr_schedule: bool = _DEFAULTS["lr_schedule"]  # the paper's per-epoch factor; False = constant
+    balanced: bool = _DEFAULTS["balanced"]  # positives and negatives 1/2 each, not 1/N and (N-1)/N
+    # Not in the config (the ablation sets it): EarlyStopping's reference, "previous" (paper)
+    # or "best".
+    stop_against: str = "previous"
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> MLPOptions:

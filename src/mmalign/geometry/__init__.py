@@ -33,6 +33,11 @@ captions per image in Flickr30K and MS-COCO) the other captions are left out of
 the gap, W2, cosine and t-SNE, so the image cloud has no repeated points and
 both clouds have one point per image. Retrieval examples rank over *all*
 caption rows.
+
+**Figures** (Figures 2-5, Appendix A) are drawn by :mod:`mmalign.geometry.figures`
+from what this module computes (the t-SNE points, the modality SVM's decision
+values, the cosine matrix, the ranked example queries); the figures fit and
+rank nothing themselves.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from mmalign import seeding
+from mmalign.config import schema_defaults
 from mmalign.io import write_json, write_parquet
+from mmalign.layout import DIRECTIONS
 
 if TYPE_CHECKING:  # imported where used: W2 worker processes start without torch or sklearn
     from sklearn.svm import SVC
@@ -494,6 +501,52 @@ def rank_by_cosine(query: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarra
     return np.argsort(-scores, kind="stable"), scores
 
 
+# ---------------------------------------------------------------- what Figures 3-5 show
+
+
+def cosine_matrix_sample(pairs: Pairs, n_pairs: int, seed: int) -> np.ndarray:
+    """Figure 3's matrix: :func:`cosine_matrix` of ``min(n_pairs, len(pairs))``
+    seeded random pairs (in pair order), so the diagonal holds the matching pairs."""
+    m = min(n_pairs, len(pairs))
+    chosen = np.sort(seeding.rng(seed, "cosine_matrix").choice(len(pairs), size=m, replace=False))
+    return cosine_matrix(pairs.text[chosen], pairs.image[chosen])
+
+
+def retrieval_example(
+    emb: Embeddings, direction: str, seed: int
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Figure 4 (``t2i``) or 5 (``i2t``): a seeded random query (a caption row, or
+    an image row) ranked by cosine over *all* candidates (every image, or every
+    caption row). Returns (query row, candidate rows by descending cosine, the
+    cosine of each candidate row, whether each candidate row is a true match:
+    the caption's image, or any caption of the image)."""
+    image_row = emb.texts["image_row"].to_numpy()
+    if direction == "t2i":
+        query = int(seeding.rng(seed, "retrieval/t2i").integers(len(emb.text)))
+        order, scores = rank_by_cosine(np.asarray(emb.text[query]), np.asarray(emb.image))
+        relevant = np.arange(len(emb.image)) == int(image_row[query])
+    elif direction == "i2t":
+        query = int(seeding.rng(seed, "retrieval/i2t").integers(len(emb.image)))
+        order, scores = rank_by_cosine(np.asarray(emb.image[query]), np.asarray(emb.text))
+        relevant = image_row == query
+    else:
+        raise ValueError(f"unknown direction {direction!r}; known: {DIRECTIONS}")
+    return query, order, scores, relevant
+
+
+def image_paths(emb: Embeddings, captions: pd.DataFrame) -> np.ndarray:
+    """``image_path`` of each row of ``image.npy`` (``images.parquet`` has none; the
+    manifest has one per caption row)."""
+    path_of = captions.drop_duplicates("image_id").set_index("image_id")["image_path"]
+    missing = ~emb.images["image_id"].isin(path_of.index)
+    if missing.any():
+        first = emb.images["image_id"][missing].iloc[0]
+        raise ValueError(
+            f"images.parquet: image_id {first!r} is not in the manifest; re-run the embed rules"
+        )
+    return path_of.loc[emb.images["image_id"]].to_numpy()
+
+
 # ---------------------------------------------------------------- t-SNE and its SVM
 
 
@@ -545,6 +598,42 @@ def modality_svm(points: pd.DataFrame) -> tuple[SVC, float]:
     return svm, float(svm.score(xy, labels))
 
 
+#: Grid points per side on which the figure draws the SVM boundary.
+BOUNDARY_GRID = 160
+#: The columns of ``tsne_boundary.parquet`` and their types.
+BOUNDARY_COLUMNS = {
+    "row": np.int64,
+    "col": np.int64,
+    "x": np.float64,
+    "y": np.float64,
+    "decision": np.float64,
+}
+
+
+def tsne_boundary(points: pd.DataFrame, svm: SVC, size: int = BOUNDARY_GRID) -> pd.DataFrame:
+    """The SVM's decision values on a ``size`` x ``size`` grid over the t-SNE plane
+    (the points' extent, 5% margin on each side), where Figure 2 draws the
+    boundary (the zero level; > 0 = the text side). One row per grid point:
+    ``row`` (along y), ``col`` (along x), ``x``, ``y``, ``decision``."""
+    pad_x = 0.05 * float(np.ptp(points["x"]))
+    pad_y = 0.05 * float(np.ptp(points["y"]))
+    grid_x, grid_y = np.meshgrid(
+        np.linspace(points["x"].min() - pad_x, points["x"].max() + pad_x, size),
+        np.linspace(points["y"].min() - pad_y, points["y"].max() + pad_y, size),
+    )
+    decision = svm.decision_function(np.c_[grid_x.ravel(), grid_y.ravel()])
+    rows, cols = np.indices(grid_x.shape)
+    return pd.DataFrame(
+        {
+            "row": rows.ravel().astype(np.int64),
+            "col": cols.ravel().astype(np.int64),
+            "x": grid_x.ravel(),
+            "y": grid_y.ravel(),
+            "decision": decision.astype(np.float64),
+        }
+    )
+
+
 def precision_upper_bounds(k_max: int = 10, captions_per_image: int = 5) -> pd.DataFrame:
     """The best possible precision@K (paper Appendix A) for K = 1..k_max.
 
@@ -568,15 +657,18 @@ def precision_upper_bounds(k_max: int = 10, captions_per_image: int = 5) -> pd.D
 # ---------------------------------------------------------------- the rule
 
 
+_DEFAULTS = schema_defaults("geometry")
+
+
 @dataclass(frozen=True)
 class GeometryConfig:
-    """``config["geometry"]``, validated (the schema documents each key)."""
+    """``config["geometry"]``, validated (the schema documents each key and gives the defaults)."""
 
-    normalize: bool = False
-    w2_batch_size: int = 5000
-    w2_batches: int = 5
-    tsne_samples: int = 2000
-    heatmap_pairs: int = 10
+    normalize: bool = _DEFAULTS["normalize"]
+    w2_batch_size: int = _DEFAULTS["w2_batch_size"]
+    w2_batches: int = _DEFAULTS["w2_batches"]
+    tsne_samples: int = _DEFAULTS["tsne_samples"]
+    heatmap_pairs: int = _DEFAULTS["heatmap_pairs"]
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> GeometryConfig:
@@ -717,13 +809,16 @@ def geometry_job(
     threads: int,
     out_json: str | Path,
     out_tsne: str | Path,
+    out_boundary: str | Path,
     figures_dir: str | Path,
     label: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``geometry`` rule: measures to ``out_json``, t-SNE points to ``out_tsne``
-    (for the grid figure) and the per-(dataset, encoder) figures to ``figures_dir``."""
-    from mmalign import plots  # plots imports this module
+    and the modality SVM's decision values to ``out_boundary`` (:func:`tsne_boundary`;
+    both for the grid figure), and the per-(dataset, encoder) figures to
+    ``figures_dir``."""
     from mmalign.embed import Embeddings
+    from mmalign.geometry import figures  # matplotlib only where figures are drawn
 
     cfg = GeometryConfig.from_config(geometry_cfg)
     emb = Embeddings.load(embeddings_dir)
@@ -749,7 +844,8 @@ def geometry_job(
     if pairs.same_space:
         start = time.perf_counter()
         points = tsne_points(pairs, cfg.tsne_samples, seed, n_jobs=threads)
-        _, accuracy = modality_svm(points)
+        svm, accuracy = modality_svm(points)
+        boundary = tsne_boundary(points, svm)
         summary["tsne_svm_accuracy"] = accuracy
         log.info(
             "t-SNE of %d pairs: %.1f s; RBF-SVM separates the modalities with accuracy %.3f",
@@ -766,11 +862,26 @@ def geometry_job(
                 "y": pd.Series(dtype=np.float64),
             }
         )
+        boundary = pd.DataFrame({c: pd.Series(dtype=t) for c, t in BOUNDARY_COLUMNS.items()})
         summary["tsne_svm_accuracy"] = None
     write_parquet(points, out_tsne)
+    write_parquet(boundary, out_boundary)
 
     start = time.perf_counter()
-    plots.write_geometry_figures(emb, pairs, captions, points, summary, cfg, seed, figures_dir)
+    matrix = t2i = i2t = note = None
+    if pairs.same_space:
+        matrix = cosine_matrix_sample(pairs, cfg.heatmap_pairs, seed)
+        paths = image_paths(emb, captions)
+        t2i, i2t = (
+            figures.RetrievalExample(
+                *retrieval_example(emb, direction, seed), paths, captions["caption"]
+            )
+            for direction in ("t2i", "i2t")
+        )
+    else:
+        note = short_dimension_note(pairs.image.shape[1], pairs.text.shape[1])
+    panel = figures.TsnePanel(points, boundary, summary)
+    figures.write_geometry_figures(panel, matrix, t2i, i2t, note, title, figures_dir)
     log.info("figures: %.1f s", time.perf_counter() - start)
     write_json(summary, out_json)
     return summary

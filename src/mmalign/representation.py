@@ -120,7 +120,7 @@ What the interval covers (each statement is tested by simulation in
   for ``E[theta_{n,k}]`` it covered 0.77 of the same datasets, and the
   previous CKNNA interval 0.80.)
 
-The sample: ``alignment_measures`` measures a seeded sample of
+The sample: ``representation_measures`` measures a seeded sample of
 ``min(sample, n)`` pairs, and the interval is that of a draw of that many
 pairs, not of the whole dataset's value.
 
@@ -141,10 +141,11 @@ import numpy as np
 from scipy import stats
 
 from mmalign import seeding
+from mmalign.config import schema_defaults
+from mmalign.layout import SIMILARITY_MEASURES
 
 log = logging.getLogger(__name__)
 
-MEASURES = ("cka", "mutual_knn", "cknna")
 LEVEL = 0.95
 # Elements of one (m x m) matrix per batch of subsets or permutations: batches
 # of a few million float64 keep the temporaries near 100 MB whatever n is.
@@ -356,7 +357,7 @@ Measure = Callable[[Grams], np.ndarray]
 
 
 def evaluate(
-    grams: Grams, k: int, unbiased: bool, names: Sequence[str] = MEASURES
+    grams: Grams, k: int, unbiased: bool, names: Sequence[str] = SIMILARITY_MEASURES
 ) -> dict[str, np.ndarray]:
     """The measures ``names`` of one sample (0-d arrays) or of each of a batch
     (shape B); mutual k-NN and CKNNA share their k-NN masks."""
@@ -370,10 +371,11 @@ def evaluate(
 
 
 def measure_functions(k: int, unbiased: bool) -> dict[str, Measure]:
-    """Each measure of :data:`MEASURES` as a function of a sample's :class:`Grams`
+    """Each measure of :data:`SIMILARITY_MEASURES` as a function of a sample's :class:`Grams`
     (one sample or a batch, as :func:`evaluate`)."""
     return {
-        name: (lambda g, name=name: evaluate(g, k, unbiased, [name])[name]) for name in MEASURES
+        name: (lambda g, name=name: evaluate(g, k, unbiased, [name])[name])
+        for name in SIMILARITY_MEASURES
     }
 
 
@@ -436,7 +438,7 @@ def jackknife_intervals(
     unbiased: bool,
     n_subsets: int,
     seed: int,
-    names: Sequence[str] = MEASURES,
+    names: Sequence[str] = SIMILARITY_MEASURES,
 ) -> dict[str, JackknifeInterval]:
     """The delete-d jackknife of each measure of ``names`` over
     :func:`half_sample_subsets` (the module docstring gives the formula and what
@@ -477,31 +479,34 @@ def describe_interval(n: int, n_subsets: int) -> str:
         f"subsets of m = {m} of the n = {n} items without replacement (d = {d}), k kept; "
         f"SE^2 = (m/d) var(subset values); value -/+ t(0.975, subsets - 1) SE. Covers the "
         "population CKA (unbiased CKA) and the estimator's expectation at this n and k "
-        "(mutual k-NN, CKNNA); see mmalign.alignment"
+        "(mutual k-NN, CKNNA); see mmalign.representation"
     )
 
 
 # ---- the measures of one pair of spaces -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AlignmentOptions:
-    """The ``alignment`` config (see the schema); ``bootstrap`` is the number of
-    delete-d jackknife subsets (the key keeps its old name)."""
+_DEFAULTS = schema_defaults("alignment")
 
-    sample: int = 1000
-    k: int = 10
-    permutations: int = 10
-    bootstrap: int = 100
-    unbiased: bool = True
+
+@dataclass(frozen=True)
+class RepresentationOptions:
+    """The ``alignment`` config (see the schema: the defaults are its); ``bootstrap``
+    is the number of delete-d jackknife subsets (the key keeps its old name)."""
+
+    sample: int = _DEFAULTS["sample"]
+    k: int = _DEFAULTS["k"]
+    permutations: int = _DEFAULTS["permutations"]
+    bootstrap: int = _DEFAULTS["bootstrap"]
+    unbiased: bool = _DEFAULTS["unbiased"]
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> AlignmentOptions:
+    def from_config(cls, cfg: dict[str, Any]) -> RepresentationOptions:
         return cls(**{name: cfg[name] for name in cls.__dataclass_fields__})
 
 
-def alignment_measures(
-    text: np.ndarray, image: np.ndarray, opts: AlignmentOptions, seed: int
+def representation_measures(
+    text: np.ndarray, image: np.ndarray, opts: RepresentationOptions, seed: int
 ) -> dict[str, Any]:
     """Every measure on a seeded sample of ``min(sample, n)`` pairs, each with its
     delete-d jackknife interval (:func:`jackknife_intervals`; ``se`` its standard
@@ -529,7 +534,7 @@ def alignment_measures(
     if size < min_items:
         out["note"] = f"n/a: {size} pairs; k = {opts.k} needs at least {min_items}"
         log.warning("%s", out["note"])
-        return out | {name: None for name in MEASURES}
+        return out | {name: None for name in SIMILARITY_MEASURES}
     grams = Grams.of(text[rows], image[rows])
     intervals = jackknife_intervals(
         grams, opts.k, opts.unbiased, opts.bootstrap, seeding.int_seed(seed, "alignment/jackknife")
@@ -566,7 +571,7 @@ def _finite(value: float) -> float | None:
 # ---- the rule ---------------------------------------------------------------------------
 
 
-def alignment_job(
+def representation_job(
     embeddings_dir: str | Path,
     heads: str | Path | None,
     cfg: dict[str, Any],
@@ -589,7 +594,7 @@ def alignment_job(
     from mmalign.io import write_json
     from mmalign.learn.align import aligned_test_split
 
-    opts = AlignmentOptions.from_config(cfg)
+    opts = RepresentationOptions.from_config(cfg)
     emb = Embeddings.load(embeddings_dir)
     pairs = matched_pairs(emb)
     todo: dict[str, tuple[np.ndarray, np.ndarray]] = {"raw": (pairs.text, pairs.image)}
@@ -600,10 +605,11 @@ def alignment_job(
     spaces = {}
     with threadpool_limits(limits=max(1, threads)):
         for space, (text, image) in todo.items():
-            spaces[space] = found = alignment_measures(text, image, opts, seed)
+            spaces[space] = found = representation_measures(text, image, opts, seed)
             log.info("%s (%d pairs): %s", space, found["n_items"], ", ".join(
                 f"{m} {found[m]['value']:.3f} (chance {found[m]['chance_mean']:.3f})"
-                for m in MEASURES if found[m] and found[m]["value"] is not None))  # fmt: skip
+                for m in SIMILARITY_MEASURES
+                if found[m] and found[m]["value"] is not None))  # fmt: skip
     summary = {**label, "spaces": spaces, "config": cfg}
     write_json(summary, out_json)
     return summary

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mmalign.alignment import MEASURES, Grams, evaluate, jackknife_intervals
+from mmalign.layout import SIMILARITY_MEASURES
+from mmalign.representation import Grams, evaluate, jackknife_intervals
 
 SUBSETS = 100  # the config default (alignment.bootstrap)
 
@@ -64,7 +65,7 @@ def monte_carlo(model: LatentModel, n: int, k: int, draws: int, unbiased: bool, 
                 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Each measure on ``draws`` independent samples of ``n`` pairs."""
     rng = np.random.default_rng(seed)
-    found: dict[str, list[np.ndarray]] = {name: [] for name in MEASURES}
+    found: dict[str, list[np.ndarray]] = {name: [] for name in SIMILARITY_MEASURES}
     for _ in range(draws // 50):
         for name, values in evaluate(batch_grams(*model.draw(rng, (50, n))), k, unbiased).items():
             found[name].append(values)

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mmalign.alignment import (
-    AlignmentOptions,
+from mmalign.representation import (
     Grams,
-    alignment_measures,
+    RepresentationOptions,
     cknna,
     half_sample_subsets,
     hsic_unbiased,
@@ -21,6 +20,7 @@ from mmalign.alignment import (
     measure_functions,
     mutual_knn,
     permutation_values,
+    representation_measures,
 )
 
 
@@ -145,19 +145,19 @@ def test_baseline_and_measures_are_seeded_and_read_against_chance() -> None:
     first = permutation_values(measure, grams, 5, seed=1)
     assert np.array_equal(first, permutation_values(measure, grams, 5, seed=1))
     assert not np.array_equal(first, permutation_values(measure, grams, 5, seed=2))
-    opts = AlignmentOptions(sample=200, k=5, permutations=5, bootstrap=30)
-    related = alignment_measures(text, image, opts, seed=0)
+    opts = RepresentationOptions(sample=200, k=5, permutations=5, bootstrap=30)
+    related = representation_measures(text, image, opts, seed=0)
     json.dumps(related, allow_nan=False)
-    assert related == alignment_measures(text, image, opts, seed=0)
+    assert related == representation_measures(text, image, opts, seed=0)
     assert related["n_items"] == 200 and (related["dim_text"], related["dim_image"]) == (24, 64)
-    tiny = alignment_measures(text[:5], image[:5], opts, seed=0)
+    tiny = representation_measures(text[:5], image[:5], opts, seed=0)
     assert tiny["note"].startswith("n/a: 5 pairs") and tiny["cka"] is None
     assert related["interval"].startswith("95% delete-d jackknife (Shao & Wu 1989) over 30 ")
     assert (
         "subsets of m = 100 of the n = 200 items without replacement (d = 100)"
         in (related["interval"])
     )
-    unrelated = alignment_measures(text, rng(5).normal(size=(300, 64)), opts, seed=0)
+    unrelated = representation_measures(text, rng(5).normal(size=(300, 64)), opts, seed=0)
     for name in ("cka", "mutual_knn", "cknna"):
         m = related[name]
         assert m["ci_low"] < m["value"] < m["ci_high"], name

@@ -1,13 +1,13 @@
-"""Rule `alignment`: CKA, mutual k-NN and CKNNA of one (dataset, encoder)."""
+"""Rule `representation_similarity`: CKA, mutual k-NN and CKNNA of one (dataset, encoder)."""
 
 from pathlib import Path
 
-from mmalign.alignment import alignment_job
 from mmalign.logs import setup_logging
+from mmalign.representation import representation_job
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])
-    alignment_job(
+    representation_job(
         embeddings_dir=Path(snakemake.input.embeddings[0]).parent,
         heads=snakemake.input.heads[0] if snakemake.input.heads else None,
         cfg=snakemake.params.alignment,
