@@ -4,6 +4,7 @@ import re
 from mmalign import layout
 from mmalign.config import embedding_plan, validate_config
 from mmalign.layout import path
+from mmalign.precomputed import input_files
 from mmalign.tracking import git_commit, tracking_uri
 
 # Validates in place and fills the defaults; a bad key stops here, named.
@@ -34,8 +35,10 @@ DATASETS = sorted(config["datasets"])
 ENCODERS = sorted(config["encoders"])
 # COMPUTED: embedded from images and captions (config encoders without an
 # adapter, plus a hidden <name>-raw twin where an adapted encoder needs one);
-# ADAPTED_FROM: adapted encoder -> the computed encoder it projects.
-COMPUTED, ADAPTED_FROM = embedding_plan(config["encoders"])
+# PRECOMPUTED: the same for `kind: precomputed`, read from files made elsewhere;
+# ADAPTED_FROM: adapted encoder -> the computed encoder it projects. Each name
+# is made by one rule: embed_merge, embed_precomputed, adapt.
+COMPUTED, PRECOMPUTED, ADAPTED_FROM = embedding_plan(config["encoders"])
 
 
 # Shards per (dataset, encoder); change with --set-scatter embed=N.
@@ -49,7 +52,7 @@ def names_regex(names):
 
 wildcard_constraints:
     dataset=names_regex(DATASETS),
-    encoder=names_regex(set(ENCODERS) | set(COMPUTED)),
+    encoder=names_regex(set(ENCODERS) | set(COMPUTED) | set(PRECOMPUTED)),
 
 
 def dataset_config(wildcards):
@@ -57,7 +60,16 @@ def dataset_config(wildcards):
 
 
 def encoder_config(wildcards):
-    return COMPUTED.get(wildcards.encoder) or config["encoders"][wildcards.encoder]
+    return (
+        COMPUTED.get(wildcards.encoder)
+        or PRECOMPUTED.get(wildcards.encoder)
+        or config["encoders"][wildcards.encoder]
+    )
+
+
+def precomputed_files(wildcards):
+    """The embedding files (and ids files) of a precomputed encoder for the dataset."""
+    return input_files(PRECOMPUTED[wildcards.encoder], wildcards.dataset)
 
 
 def adapter_source(wildcards):

@@ -1,5 +1,6 @@
 # The embedding stage (mmalign.embed): shard by shard, merged, and adapted
-# (an encoder with an `adapter` projects another encoder's embeddings).
+# (an encoder with an `adapter` projects another encoder's embeddings); or, for
+# `kind: precomputed`, read from files made elsewhere (mmalign.precomputed).
 
 
 rule embed_shard:
@@ -50,6 +51,30 @@ rule embed_merge:
         encoder=encoder_config,
     script:
         "../scripts/embed_merge.py"
+
+
+rule embed_precomputed:
+    input:
+        manifest=path("manifest"),
+        files=precomputed_files,
+    output:
+        layout.embedding_files(),
+    log:
+        layout.log("embed_precomputed", "dataset", "encoder"),
+    benchmark:
+        layout.benchmark("embed_precomputed", "dataset", "encoder")
+    wildcard_constraints:
+        encoder=names_regex(PRECOMPUTED),
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        encoder=encoder_config,
+    script:
+        "../scripts/embed_precomputed.py"
 
 
 rule adapt:

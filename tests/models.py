@@ -201,3 +201,18 @@ def tiny_pair_spec(root: Path) -> dict:
             "max_length": 32,
         },
     }
+
+
+def random_images(folder: Path, sizes: list[tuple[int, int]], prefix: str = "") -> list[str]:
+    """One random RGB PNG per ``(height, width)`` in ``sizes`` (seed 0), named
+    ``<prefix><i>.png`` in ``folder``; their paths."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        path = Path(folder) / f"{prefix}{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths

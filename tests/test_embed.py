@@ -209,7 +209,8 @@ def test_adapted_encoders_reuse_their_twin() -> None:
             },
         }
     )
-    computed, adapted_from = embedding_plan(config["encoders"])
+    computed, precomputed, adapted_from = embedding_plan(config["encoders"])
+    assert precomputed == {}
     assert adapted_from == {"pca": "raw", "lonely": "lonely-raw"}
     assert sorted(computed) == ["lonely-raw", "raw"]
     assert "adapter" not in computed["lonely-raw"]

@@ -30,8 +30,8 @@ def run(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.Com
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return run([tool("snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args], cwd=cwd)
+def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run([tool("snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args], cwd, timeout)
 
 
 def test_snakefmt_is_clean() -> None:

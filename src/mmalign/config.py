@@ -116,6 +116,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             _check(_kind_schema(schema, group, kind), entry, f"{section}.{name}")
     check_dataset_splits(config)
     check_multicaption(config)
+    check_precomputed_paths(config)
     return config
 
 
@@ -168,6 +169,36 @@ def check_multicaption(config: dict[str, Any]) -> None:
         "captions: all for a dataset with several captions per image, or remove "
         "'multicaption' from retrieval.protocols"
     )
+
+
+#: The encoder kind whose embeddings are files made elsewhere (mmalign.precomputed).
+PRECOMPUTED = "precomputed"
+
+
+def check_precomputed_paths(config: dict[str, Any]) -> None:
+    """A ``precomputed`` encoder's paths may hold ``{dataset}`` and no other
+    placeholder, and must hold it when the config has several datasets (one
+    file cannot match the ids of every dataset)."""
+    several = len(config["datasets"]) > 1
+    for name, encoder in config["encoders"].items():
+        if encoder["kind"] != PRECOMPUTED:
+            continue
+        for key in ("image", "text"):
+            where = f"encoders.{name}.{key}"
+            rest = encoder[key].replace("{dataset}", "")
+            if "{" in rest or "}" in rest:
+                raise ConfigError(
+                    f"invalid config:\n  {where}: {encoder[key]!r} has a placeholder other than "
+                    "{dataset}, the one a precomputed path may hold"
+                )
+            if several and "{dataset}" not in encoder[key]:
+                names = ", ".join(sorted(config["datasets"]))
+                raise ConfigError(
+                    f"invalid config:\n  {where}: {encoder[key]!r} is one file for "
+                    f"{len(config['datasets'])} datasets ({names}); "
+                    "put {dataset} in the path (e.g. embeddings/{dataset}/image.parquet), "
+                    "which is replaced by each dataset's name"
+                )
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -227,12 +258,17 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def embedding_plan(encoders: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Which encoders are embedded from data, and which derive from another's output.
+def embedding_plan(
+    encoders: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Which encoders are embedded from data, which are read from files made
+    elsewhere, and which derive from another's output.
 
-    Returns ``(computed, adapted_from)``. An encoder with an ``adapter`` reuses
-    the embeddings of a configured twin that has the same models and no
-    adapter; with no such twin, a hidden ``<name>-raw`` encoder is computed.
+    Returns ``(computed, precomputed, adapted_from)``: each name the embeddings
+    folder of which one rule makes (``embed_merge``, ``embed_precomputed``,
+    ``adapt``). An encoder with an ``adapter`` reuses the embeddings of a
+    configured twin that has the same models (or files) and no adapter; with
+    no such twin, a hidden ``<name>-raw`` encoder is computed (or read).
     """
     computed = {name: spec for name, spec in encoders.items() if "adapter" not in spec}
     adapted_from: dict[str, str] = {}
@@ -249,4 +285,6 @@ def embedding_plan(encoders: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
                 )
             computed[twin] = base
         adapted_from[name] = twin
-    return computed, adapted_from
+    precomputed = {n: s for n, s in computed.items() if s["kind"] == PRECOMPUTED}
+    computed = {n: s for n, s in computed.items() if n not in precomputed}
+    return computed, precomputed, adapted_from

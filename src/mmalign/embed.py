@@ -5,15 +5,10 @@ into ``n_shards`` contiguous slices; shard ``i`` embeds its images and every
 caption of those images. A shard is the unit of GPU work and of restart: each
 is written atomically, so a killed run resumes at the first missing shard.
 
-The merged embeddings folder holds, rows in manifest order:
-
-- ``image.npy`` (n_images x d_image float32) and ``images.parquet``
-  (``image_id, split, eval_split``), one row per distinct image;
-- ``text.npy`` (n_captions x d_text float32) and ``texts.parquet``
-  (``image_id, caption_idx, split, eval_split, image_row``), one row per
-  manifest row (the two splits: see :mod:`mmalign.datasets.base`);
-  ``image_row`` is the row of the caption's image in ``image.npy``;
-- ``meta.json``: dimensions, throughput, and the config that produced them.
+The merged embeddings folder's format (rows in manifest order, ``meta.json``
+with dimensions, throughput and the config) is :mod:`mmalign.embeddings`'s,
+which also holds its torch-free writer and reader; :class:`Embeddings` and
+the helpers are imported here for the callers that know them from this module.
 """
 
 from __future__ import annotations
@@ -32,20 +27,12 @@ from tqdm import tqdm
 
 from mmalign.config import schema_defaults
 from mmalign.devices import torch_device
+from mmalign.embeddings import Embeddings, split_manifest, write_embeddings
 from mmalign.encoders import Encoder, Transform
 from mmalign.images import load_image
-from mmalign.io import atomic_path, write_json, write_parquet
+from mmalign.io import atomic_path
 
 log = logging.getLogger(__name__)
-
-# The manifest's two split columns, carried into images.parquet and texts.parquet
-# (those of them a frame has: the manifest has both).
-SPLIT_COLUMNS = ("split", "eval_split")
-
-
-def split_columns(frame: pd.DataFrame) -> list[str]:
-    """The :data:`SPLIT_COLUMNS` that ``frame`` has, in that order."""
-    return [c for c in SPLIT_COLUMNS if c in frame.columns]
 
 
 class EmbeddingError(RuntimeError):
@@ -56,18 +43,6 @@ def parse_scatteritem(item: str) -> tuple[int, int]:
     """Snakemake's ``"3-of-8"`` -> ``(2, 8)`` (a 0-based index and the count)."""
     index, _, total = item.partition("-of-")
     return int(index) - 1, int(total)
-
-
-def split_manifest(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images, texts): distinct images in order of first appearance, and
-    every caption with ``image_row``, the row of its image."""
-    splits = split_columns(manifest)
-    images = manifest.drop_duplicates("image_id")[["image_id", "image_path", *splits]]
-    images = images.reset_index(drop=True)
-    row_of = pd.Series(np.arange(len(images)), index=images["image_id"])
-    texts = manifest[["image_id", "caption", "caption_idx", *splits]].reset_index(drop=True)
-    texts["image_row"] = row_of.loc[texts["image_id"]].to_numpy()
-    return images, texts
 
 
 def shard_rows(n_images: int, index: int, n_shards: int) -> range:
@@ -271,50 +246,6 @@ def overall_rate(parts: list[tuple[int, float]]) -> float:
     total = sum(n for n, _ in parts)
     seconds = sum(n / r for n, r in parts if r > 0)
     return total / seconds if seconds else 0.0
-
-
-def write_embeddings(
-    out_dir: Path,
-    image: np.ndarray,
-    text: np.ndarray,
-    images: pd.DataFrame,
-    texts: pd.DataFrame,
-    meta: dict[str, Any],
-) -> None:
-    for name, array in (("image.npy", image), ("text.npy", text)):
-        with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, array.astype(np.float32, copy=False))
-    write_parquet(images[["image_id", *split_columns(images)]], out_dir / "images.parquet")
-    write_parquet(
-        texts[["image_id", "caption_idx", *split_columns(texts), "image_row"]],
-        out_dir / "texts.parquet",
-    )
-    write_json(meta, out_dir / "meta.json")
-
-
-@dataclass
-class Embeddings:
-    """A merged embeddings folder, memory-mapped."""
-
-    image: np.ndarray
-    text: np.ndarray
-    images: pd.DataFrame
-    texts: pd.DataFrame
-    meta: dict[str, Any]
-
-    @classmethod
-    def load(cls, folder: str | Path, mmap: bool = True) -> Embeddings:
-        import json
-
-        folder = Path(folder)
-        mode = "r" if mmap else None
-        return cls(
-            np.load(folder / "image.npy", mmap_mode=mode),
-            np.load(folder / "text.npy", mmap_mode=mode),
-            pd.read_parquet(folder / "images.parquet"),
-            pd.read_parquet(folder / "texts.parquet"),
-            json.loads((folder / "meta.json").read_text()),
-        )
 
 
 def pca_fit(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
