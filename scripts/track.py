@@ -4,17 +4,18 @@ from pathlib import Path
 
 from mmalign.io import write_json
 from mmalign.logs import setup_logging
-from mmalign.tracking import STAGE_FILES, track_all
+from mmalign.tracking import track_all
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])
     inputs = snakemake.input
-    per_unit = [*STAGE_FILES.values(), "ablation_curves", "variant_summary", "variant_trials"]
+    # The per-unit inputs are named by artifact (rules/common.smk: track_inputs).
+    extra = ("report", "tables")
     summary = track_all(
         snakemake.config,
-        {name: inputs[name] for name in [*per_unit, "figure"]},
+        {name: files for name, files in inputs.items() if name not in extra},
         snakemake.params.commit,
         Path(snakemake.params.artifacts),
-        [Path(inputs.report), Path(inputs.tables)],
+        [Path(getattr(inputs, name)) for name in extra],
     )
     write_json(summary, snakemake.output[0])
