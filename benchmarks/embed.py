@@ -4,7 +4,9 @@ End to end = decode real OpenClipArt PNGs in DataLoader workers, transform,
 forward (``mmalign.embed.embed_images``); the peer, measured in the same run,
 is the same model and batch size on random tensors already in memory, which
 no pipeline can beat. Text likewise: tokenise + forward against forward on
-pre-tokenised batches. Prints each rate and the ratio (target >= 0.8).
+pre-tokenised batches. Prints each rate and the ratio (target >= 0.8). On the
+CPU, with ``embed.cpu_inference: freeze``, the ceiling is the frozen graph's,
+and the frozen graph's forward is also printed against eager PyTorch's.
 
     python benchmarks/embed.py [--images 512] [--texts 4096] [--encoder minilm_effnet]
 """
@@ -21,7 +23,7 @@ import torch
 
 from mmalign.config import load_config
 from mmalign.devices import torch_device
-from mmalign.embed import EmbedOptions, embed_images, embed_texts
+from mmalign.embed import EmbedOptions, embed_images, embed_texts, frozen_forward
 from mmalign.encoders import build_encoder
 from mmalign.images import probe_image
 
@@ -42,15 +44,14 @@ def clipart_paths(n: int, max_pixels: int = 16_000_000) -> list[str]:
     return paths
 
 
-def forward_only_images(encoder, n: int, opts: EmbedOptions) -> float:
+def forward_only_images(forward, side: int, n: int, opts: EmbedOptions) -> float:
     device = torch_device(opts.device, "embed.device")
-    side = encoder.image.input_size
     batch = torch.randn(opts.batch_size, 3, side, side, device=device)
     with torch.inference_mode():
-        encoder.image.forward(batch)  # warm-up
+        forward(batch)  # warm-up
         start = time.perf_counter()
         for _ in range(n // opts.batch_size):
-            encoder.image.forward(batch)
+            forward(batch)
     return (n // opts.batch_size) * opts.batch_size / (time.perf_counter() - start)
 
 
@@ -91,8 +92,15 @@ def main() -> None:
     paths = clipart_paths(args.images)
     embed_images(encoder, paths[: opts.batch_size], opts)  # warm-up
     _, e2e = embed_images(encoder, paths, opts)
-    ceiling = forward_only_images(encoder, len(paths), opts)
+    tower = encoder.image
+    frozen = opts.cpu_inference == "freeze" and device.type == "cpu"
+    forward = frozen_forward(tower) if frozen else tower.forward
+    ceiling = forward_only_images(forward, tower.input_size, len(paths), opts)
     report("images", e2e, ceiling)
+    if frozen:
+        eager = forward_only_images(tower.forward, tower.input_size, len(paths), opts)
+        print(f"image forward: frozen TorchScript {ceiling:.1f}/s, eager PyTorch "
+              f"{eager:.1f}/s, ratio {ceiling / eager:.2f}")  # fmt: skip
 
     words = ["a", "red", "cat", "sleeping", "on", "the", "big", "blue", "boat", "near", "a"]
     words += ["small", "house", "with", "a", "flag"]

@@ -4,8 +4,20 @@
 rule prepare:
     output:
         manifest=path("manifest"),
-        report=path("prepare_report"),
-        skipped=path("skipped"),
+        report=report(
+            path("prepare_report"),
+            caption="../report/prepare.rst",
+            category="Data",
+            subcategory="{dataset}",
+            labels={"file": "preparation summary"},
+        ),
+        skipped=report(
+            path("skipped"),
+            caption="../report/skipped.rst",
+            category="Data",
+            subcategory="{dataset}",
+            labels={"file": "skipped inputs"},
+        ),
     log:
         layout.log("prepare", "dataset"),
     benchmark:

@@ -16,11 +16,13 @@ rule embed_shard:
         encoder=names_regex(COMPUTED),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # On a GPU, one decoding worker beside the main process; on the CPU one thread
+    # decodes and runs the frozen graph (as fast per core, and shards run side by side).
+    threads: 2 if EMBED_GPU else 1
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
+        **EMBED_GPU,
+        mem_mb=scaled("embed_shard", "mem_mb", config, MANIFESTS),
+        runtime=scaled("embed_shard", "runtime", config, MANIFESTS),
     params:
         encoder=encoder_config,
         embed=config["embed"],
@@ -34,7 +36,7 @@ rule embed_merge:
         manifest=path("manifest"),
         shards=gather.embed(path("shard", dataset="{{dataset}}", encoder="{{encoder}}")),
     output:
-        layout.embedding_files(),
+        embedding_outputs(),
     log:
         layout.log("embed_merge", "dataset", "encoder"),
     benchmark:
@@ -45,8 +47,8 @@ rule embed_merge:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=scaled("embed_merge", "mem_mb", config),
+        runtime=scaled("embed_merge", "runtime", config),
     params:
         encoder=encoder_config,
     script:
@@ -58,7 +60,7 @@ rule embed_precomputed:
         manifest=path("manifest"),
         files=precomputed_files,
     output:
-        layout.embedding_files(),
+        embedding_outputs(),
     log:
         layout.log("embed_precomputed", "dataset", "encoder"),
     benchmark:
@@ -69,8 +71,8 @@ rule embed_precomputed:
         "../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=scaled("embed_precomputed", "mem_mb", config),
+        runtime=scaled("embed_precomputed", "runtime", config),
     params:
         encoder=encoder_config,
     script:
@@ -81,7 +83,7 @@ rule adapt:
     input:
         raw=adapter_source,
     output:
-        layout.embedding_files(),
+        embedding_outputs(),
     log:
         layout.log("adapt", "dataset", "encoder"),
     benchmark:
@@ -92,8 +94,8 @@ rule adapt:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=scaled("adapt", "mem_mb", config),
+        runtime=scaled("adapt", "runtime", config),
     params:
         encoder=encoder_config,
     script:

@@ -9,7 +9,7 @@ rule gap_shift:
     output:
         rows=path("gap_shift"),
         ranks=path("gap_shift_ranks"),
-        figures=layout.figures("gap_shift"),
+        figures=reported_figures("gap_shift", "Gap shift", "sweep"),
     log:
         layout.log("gap_shift", "dataset", "encoder"),
     benchmark:
@@ -18,8 +18,9 @@ rule gap_shift:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **SCORING_GPU,
+        mem_mb=scaled("gap_shift", "mem_mb", config),
+        runtime=scaled("gap_shift", "runtime", config),
     params:
         gap_shift=config["gap_shift"],
         retrieval=config["retrieval"],

@@ -11,7 +11,11 @@ rule geometry:
         summary=path("geometry"),
         tsne=path("tsne"),
         boundary=path("tsne_boundary"),
-        figures=[f for name in layout.GEOMETRY_FIGURES for f in layout.figures(name)],
+        figures=[
+            f
+            for name in layout.GEOMETRY_FIGURES
+            for f in reported_figures(name, "Geometry", GEOMETRY_SUBCATEGORIES[name])
+        ],
     log:
         layout.log("geometry", "dataset", "encoder"),
     benchmark:
@@ -21,11 +25,13 @@ rule geometry:
     # Exact W2 batches run in parallel, one process each (~0.6 GB per 5,000-pair batch).
     threads: 8
     resources:
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=scaled("geometry", "mem_mb", config),
+        runtime=scaled("geometry", "runtime", config),
     params:
         geometry=config["geometry"],
         seed=config["seed"],
+        # The n/a figures name their aligned-space counterparts.
+        aligned=ALIGNED,
     script:
         "../scripts/geometry.py"
 
@@ -36,7 +42,16 @@ rule tsne_grid:
         points=per_unit("tsne"),
         boundaries=per_unit("tsne_boundary"),
     output:
-        **{ext: path("tsne_grid", ext=ext) for ext in layout.FIGURE_FORMATS},
+        **{
+            ext: report_png(
+                path("tsne_grid", ext=ext),
+                "tsne_grid",
+                "Geometry",
+                "t-SNE grid (Fig. 2)",
+                labels={"figure": "every dataset × encoder"},
+            )
+            for ext in layout.FIGURE_FORMATS
+        },
     log:
         layout.log("tsne_grid"),
     benchmark:
@@ -59,7 +74,13 @@ rule tsne_grid:
 rule precision_upper_bounds:
     output:
         **{
-            ext: path("precision_upper_bounds", ext=ext)
+            ext: report_png(
+                path("precision_upper_bounds", ext=ext),
+                "precision_upper_bounds",
+                "Geometry",
+                "precision upper bounds (Appendix A)",
+                labels={"figure": "best possible P@K"},
+            )
             for ext in layout.FIGURE_FORMATS
         },
     log:
@@ -78,7 +99,44 @@ rule precision_upper_bounds:
         "../scripts/precision_upper_bounds.py"
 
 
+# Figures 2-5 in the alignment heads' shared space (mmalign.geometry.aligned), on
+# the learned stage's test split: t-SNE before and after the heads, the cosine
+# matrix and the retrieval examples, per (dataset, encoder) when align runs.
+
+
+rule aligned_geometry:
+    input:
+        embeddings=layout.embedding_files(),
+        manifest=path("manifest"),
+        heads=path("variant_weights", variant="align"),
+    output:
+        summary=path("aligned_geometry"),
+        # Each PNG in the Snakemake report, captioned by report/<name>.rst.
+        figures=[
+            f
+            for name in layout.ALIGNED_FIGURES.values()
+            for f in reported_figures(name, "Geometry", "aligned space")
+        ],
+    log:
+        layout.log("aligned_geometry", "dataset", "encoder"),
+    benchmark:
+        layout.benchmark("aligned_geometry", "dataset", "encoder")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        geometry=config["geometry"],
+        learn=LEARN_CONFIG,
+        seed=config["seed"],
+    script:
+        "../scripts/aligned_geometry.py"
+
+
 FINAL_TARGETS.extend(per_unit("geometry"))
+FINAL_TARGETS.extend(per_unit("aligned_geometry") if ALIGNED else [])
 FINAL_TARGETS.extend(
     [path("tsne_grid", ext="png"), path("precision_upper_bounds", ext="png")]
 )

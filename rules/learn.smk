@@ -20,11 +20,11 @@ rule learn:
         variant=names_regex(LEARN_VARIANTS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: 1
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=720,
+        **LEARN_GPU,
+        mem_mb=scaled("learn", "mem_mb", config),
+        runtime=scaled("learn", "runtime", config),
     params:
         learn=LEARN_CONFIG,
         retrieval=config["retrieval"],
@@ -58,18 +58,18 @@ rule mlp_ablation:
         rows=path("ablation"),
         ranks=path("ablation_ranks"),
         curves=path("ablation_curves"),
-        figures=layout.figures("mlp_ablation"),
+        figures=reported_figures("mlp_ablation", "Learned", "MLP ablation"),
     log:
         layout.log("mlp_ablation", "dataset", "encoder"),
     benchmark:
         layout.benchmark("mlp_ablation", "dataset", "encoder")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: 1
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
+        **LEARN_GPU,
+        mem_mb=scaled("mlp_ablation", "mem_mb", config),
+        runtime=scaled("mlp_ablation", "runtime", config),
     params:
         learn=config["learn"],
         retrieval=config["retrieval"],

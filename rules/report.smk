@@ -6,8 +6,21 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        report=path("report"),
-        tables=directory(path("tables")),
+        report=report(
+            path("report"),
+            caption="../report/report_md.rst",
+            category="Report",
+            subcategory="summary",
+            labels={"file": "report.md"},
+        ),
+        tables=report(
+            directory(path("tables")),
+            patterns=["{table}.{format}"],
+            caption="../report/tables.rst",
+            category=table_stage,
+            subcategory="tables",
+            labels={"table": "{table}", "format": "{format}"},
+        ),
     log:
         layout.log("report"),
     conda:

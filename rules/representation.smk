@@ -17,8 +17,8 @@ rule representation_similarity:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=scaled("representation_similarity", "mem_mb", config),
+        runtime=scaled("representation_similarity", "runtime", config),
     params:
         alignment=config["alignment"],
         learn=LEARN_CONFIG,

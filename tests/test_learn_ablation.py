@@ -72,29 +72,76 @@ def test_mse_differs_from_paper_in_the_loss_only_in_each_direction(direction: st
 
 
 def test_the_run_trains_what_the_recipes_say(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Recorded calls of train_mlp: per direction, ``mse`` differs from ``paper`` in
-    the loss only (same anchor, options and seed)."""
-    calls: dict[tuple[str, int], tuple[object, ...]] = {}
+    """Recorded trainings: per direction, ``mse`` differs from ``paper`` in the loss
+    only (same anchor, options and seed); every variant's MLPs are trained."""
+    calls: list[tuple[object, ...]] = []
 
-    def recording(*args: Any) -> tuple[SimilarityMLP, TrainHistory]:
-        splits, hidden, loss, anchor, opts, seed, val_seed, _ = args
-        calls[(loss, len(calls))] = (anchor, opts, seed, val_seed, tuple(hidden))
+    def recording(*args: Any) -> list[tuple[SimilarityMLP, TrainHistory]]:
+        splits, hidden, loss, anchor, options, seed, val_seed, _ = args
+        calls.extend((loss, anchor, opts, seed, val_seed, tuple(hidden)) for opts in options)
         # Untrained and one fake epoch: only what the run asks for is under test.
         model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden)
-        return model.eval(), TrainHistory([1.0], [1.0], best_epoch=0)
+        return [(model.eval(), TrainHistory([1.0], [1.0], best_epoch=0)) for _ in options]
 
-    monkeypatch.setattr(ablation, "train_mlp", recording)
+    monkeypatch.setattr(ablation, "train_mlps_stopped_alike", recording)
     one = dataclasses.replace(OPTS, negatives=(1,))  # paper, no_schedule, converge... mse
     rows, curves = run_ablation(tiny(), BASE, one, ROPTS, 0, CPU, LABEL)
-    names = [v.name for v in variants(BASE, one)]
-    per_variant = [list(calls.values())[2 * i : 2 * i + 2] for i in range(len(names))]
-    assert len(calls) == 2 * len(names)  # two MLPs for every variant, mse too
-    paper, mse = per_variant[names.index("paper")], per_variant[names.index("mse")]
+    found = variants(BASE, one)
+    assert len(calls) == 2 * len(found)  # two MLPs for every variant, mse too
+    for variant in found:
+        for direction, recipe in recipes(variant).items():
+            assert (recipe.loss, direction, recipe.opts) in [c[:3] for c in calls], variant.name
+    paper = {v.name: v for v in found}["paper"].opts
+    mse = [c[1:] for c in calls if c[0] == "mse"]
     assert [c[0] for c in mse] == ["t2i", "i2t"]
-    assert mse == paper  # anchor, options, seeds, architecture: all the same
-    assert [loss for loss, _ in list(calls)[-2:]] == ["mse", "mse"]
+    assert mse == [c[1:] for c in calls if c[0] == "contrastive" and c[2] == paper]
     assert set(curves.loc[curves["variant"] == "mse", "direction"]) == {"t2i", "i2t"}
     assert rows.loc[rows["metric"] == "mlp_ablation:mse", "value"].notna().all()
+
+
+def test_variants_that_differ_in_stopping_only_train_once_as_if_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """paper and converge (and no_schedule and no_schedule_converge) follow one
+    training run, each stopped by its own rule: the MLPs and histories are
+    those of training each alone, bit for bit, and the epochs are run once."""
+    found = {v.name: v for v in variants(BASE, dataclasses.replace(OPTS, converge_epochs=5))}
+    epochs = {"n": 0}
+    real_fit_shared = mlp.fit_shared
+
+    def counting(model, rules, epoch, label):
+        def counted():
+            epochs["n"] += 1
+            return epoch()
+
+        return real_fit_shared(model, rules, counted, label)
+
+    monkeypatch.setattr(mlp, "fit_shared", counting)
+    for pair in (("paper", "converge"), ("no_schedule", "no_schedule_converge")):
+        options = [found[name].opts for name in pair]
+        epochs["n"] = 0
+        together = mlp.train_mlps_stopped_alike(
+            tiny(), [8], "contrastive", "i2t", options, 3, 4, CPU
+        )
+        shared_epochs, epochs["n"] = epochs["n"], 0
+        alone = [train_mlp(tiny(), [8], "contrastive", "i2t", o, 3, 4, CPU) for o in options]
+        assert (
+            shared_epochs
+            == max(h.epochs_run for _, h in alone)
+            < sum(h.epochs_run for _, h in alone)
+        )
+        for (model, history), (model_alone, history_alone) in zip(together, alone, strict=True):
+            assert history.val_losses == history_alone.val_losses
+            assert history.train_losses == history_alone.train_losses
+            assert history.best_epoch == history_alone.best_epoch
+            assert history.stopped_early == history_alone.stopped_early
+            for key, value in model.state_dict().items():
+                assert torch.equal(value, model_alone.state_dict()[key]), key
+    with pytest.raises(ValueError, match="train differently"):
+        mlp.train_mlps_stopped_alike(
+            tiny(), [8], "contrastive", "t2i", [found["paper"].opts, found["no_schedule"].opts],
+            0, 1, CPU,
+        )  # fmt: skip
 
 
 def test_converge_stops_on_no_better_than_the_best(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmalign.report import build_report, markdown_table, percent
+from mmalign import layout
+from mmalign.report import build_report, markdown_table, percent, unit_figure_order
 from mmalign.stats import paired_comparisons
 
 
@@ -222,3 +223,19 @@ def test_aligned_space_and_ablation_verdicts_are_paired_differences() -> None:
     _, shown = hubness_table(hubness)
     assert shown.loc[("d", "e", "subset", "cosine"), "t2i N10 skewness"] == "1.50"
     assert shown.loc[("d", "e", "subset", "cosine"), "i2t never in a top 10"] == "10.0%"
+
+
+def test_aligned_figures_sit_beside_their_raw_counterparts_per_unit() -> None:
+    names = [*layout.GEOMETRY_FIGURES, *layout.ALIGNED_FIGURES.values(), "gap_shift"]
+    paths = [
+        layout.path("figure", dataset="d", encoder=e, name=n, ext="png")
+        for n in names
+        for e in ("b", "a")
+    ]
+    ordered = [(layout.wildcards("figure", p)["encoder"], layout.wildcards("figure", p)["name"])
+               for p in unit_figure_order(paths)]  # fmt: skip
+    assert [n for e, n in ordered if e == "a"] == [
+        "cosine_matrix", "aligned_cosine_matrix", "gap_shift", "retrieval_i2t",
+        "aligned_retrieval_i2t", "retrieval_t2i", "aligned_retrieval_t2i", "tsne", "aligned_tsne",
+    ]  # fmt: skip
+    assert [e for e, _ in ordered] == ["a"] * len(names) + ["b"] * len(names)

@@ -23,6 +23,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from mmalign import resources
+
 from .conftest import make_openclipart
 from .models import tiny_pair_spec
 from .slurm_cluster import SlurmCluster, SlurmUnavailable, write_config
@@ -57,8 +59,9 @@ def workflow_rules(cwd: Path = ROOT) -> set[str]:
 
 
 def gpu_rules() -> set[str]:
-    """Rules whose resources declare a GPU (gpu=N)."""
-    return {rule for rule, text in rule_blocks().items() if re.search(r"^\s+gpu\s*=", text, re.M)}
+    """Rules whose resources declare a GPU (gpu=N, or a device's **<STAGE>_GPU)."""
+    declares = re.compile(r"^\s+(gpu\s*=|\*\*[A-Z]+_GPU)", re.M)
+    return {rule for rule, text in rule_blocks().items() if declares.search(text)}
 
 
 # --- the profiles, against the plugin and the workflow ----------------------------
@@ -125,18 +128,19 @@ def _planned_resources(tmp_path: Path, attempt: int) -> dict[str, dict[str, str]
 
 
 def test_a_retried_job_asks_for_more(tmp_path: Path) -> None:
+    """The rules' requests (mmalign.resources, not the profile, which sets none)
+    double on the second attempt; the profile's GPU requests stay."""
     first = _planned_resources(tmp_path, attempt=1)
     second = _planned_resources(tmp_path, attempt=2)
-    profile = load(SLURM_PROFILE)
+    for res in load(SLURM_PROFILE)["set-resources"].values():
+        assert not {"mem_mb", "runtime"} & set(res), "the rules compute mem_mb and runtime"
     checked = set()
-    for rule, res in profile["set-resources"].items():
-        if rule not in first:
-            continue  # not in the default study's plan
+    for rule in set(first) & set(resources.FALLBACK):
         for key in ("mem_mb", "runtime"):
-            if "attempt" in str(res.get(key, "")):
-                assert int(second[rule][key]) == 2 * int(first[rule][key]), (rule, key)
-                checked.add(rule)
-    assert "embed_shard" in checked and first["embed_shard"]["gpu"] == "1"
+            assert int(second[rule][key]) == 2 * int(first[rule][key]), (rule, key)
+        checked.add(rule)
+    assert {"embed_shard", "retrieval_protocol", "learn"} <= checked, checked
+    assert first["embed_shard"]["gpu"] == "1"
 
 
 # --- a real run on a loopback cluster ---------------------------------------------
@@ -303,11 +307,12 @@ def test_tiny_study_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
         n_shards = EXPECTED_JOBS["embed_shard"]
         assert shards.count("TresPerJob=gres:gpu:1") == n_shards, shards
         assert shards.count(f"CpusPerTres=gres:gpu:{declared_threads('embed_shard')}") == n_shards
-        # mem_mb at the first attempt (the plugin adds a MB or so to an array's).
-        mem_mb = eval(
-            str(load(profile / "config.yaml")["set-resources"]["embed_shard"]["mem_mb"]),
-            {"__builtins__": {}, "attempt": 1},
-        )
+        # mem_mb at the first attempt, grown from the manifest (mmalign.resources;
+        # the plugin adds a MB or so to an array's).
+        manifest = tmp_path / "slurm/results/openclipart/manifest.parquet"
+        mem_mb = resources.request(
+            "embed_shard", [str(manifest)], config, {"scatteritem": f"1-of-{n_shards}"}
+        ).mem_mb
         memory = [int(m) for m in re.findall(r"MinMemoryNode=(\d+)M", shards)]
         assert len(memory) == n_shards and all(mem_mb <= m <= mem_mb + 16 for m in memory), shards
         # Snakemake ran each job inside its allocation: SLURM's log of the job

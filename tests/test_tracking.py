@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmalign.tracking import flatten, metric_key, track_all, tracking_uri
+from mmalign.tracking import benchmark_file, flatten, metric_key, track_all, tracking_uri
 
 CONFIG = {
     "seed": 0,
@@ -91,7 +93,42 @@ def fake_results(root: Path) -> Path:
     ).to_parquet(learn / "ablation.parquet")  # fmt: skip
     (learn / "mlp_mse.optuna").mkdir()
     (learn / "mlp_mse.optuna" / "journal.log").write_text('{"op_code": 0}\n')
+    pd.DataFrame(
+        {"image_id": ["a", "a", "b"], "image_path": ["a.png", "a.png", "b.png"],
+         "caption": ["x", "y", "z"], "caption_idx": np.array([0, 1, 0], dtype="int32"),
+         "split": "test"}
+    ).to_parquet(root / "toy" / "manifest.parquet")  # fmt: skip
+    for (rule, extra), (end, rows) in BENCHMARKS.items():
+        write_benchmark(root.parent / benchmark_file(rule, "toy", "enc", **dict(extra)), end, rows)
     return root
+
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+T0 = 1_700_000_000  # seconds since the epoch: the fake jobs ran in November 2023
+#: Fake benchmark files: (rule, wildcards) -> (modification time, rows of (s, max_rss, cpu_time)).
+#: Retrieval, alignment, gap shift and the ablation have none: they keep the logging time.
+BENCHMARKS = {
+    ("embed_shard", (("scatteritem", "1-of-2"),)): (T0 + 100, [(40.0, 700.5, 70.0)]),
+    # repeat(2): two rows, one after the other in one job
+    ("embed_shard", (("scatteritem", "2-of-2"),)): (
+        T0 + 130,
+        [(20.0, 900.0, 30.0), (30.0, 800.0, 45.0)],
+    ),
+    ("embed_merge", ()): (T0 + 140, [(5.0, 300.0, 4.5)]),
+    ("geometry", ()): (T0 + 200, [(12.5, None, None)]),  # ended before Snakemake's first sample
+    ("learn", (("variant", "mlp_mse"),)): (T0 + 400, [(150.0, 1200.0, 290.0)]),
+}
+
+
+def write_benchmark(file: Path, end_s: float, rows: list) -> None:
+    """A benchmark file as Snakemake 9 writes it, modified at ``end_s``."""
+    na = lambda x: "NA" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [
+        f"{s:.2f}\t0:00:{int(s):02d}\t{na(rss)}\t" + "NA\t" * 6 + na(cpu) for s, rss, cpu in rows
+    ]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("\n".join([HEADER, *lines]) + "\n")
+    os.utime(file, ns=(int(end_s * 1e9), int(end_s * 1e9)))
 
 
 def track(config: dict, results: Path) -> dict:
@@ -107,6 +144,8 @@ def track(config: dict, results: Path) -> dict:
         "variant_summary": [unit / "learn" / "mlp_mse.json"],
         "variant_trials": [unit / "learn" / "mlp_mse.trials.parquet"],
         "figure": [unit / "figures" / "tsne.png"],
+        "manifest": [results / "toy" / "manifest.parquet"],
+        "benchmark": sorted((results / "benchmarks").rglob("*.tsv")),
     }
     return track_all(config, files, "abc123", results / "mlartifacts")
 
@@ -196,6 +235,68 @@ def test_logging_is_idempotent_and_complete(logged: tuple[str, Path]) -> None:
     assert len(runs_in(uri)) == 20
 
 
+def test_stage_runs_take_their_jobs_times_and_the_manifest(logged: tuple[str, Path]) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri, results = logged
+    before = int(time.time() * 1000)
+    by_name = {r.info.run_name: r for r in runs_in(uri)}
+
+    def span(name: str) -> tuple[int, int]:
+        info = by_name[name].info
+        return info.start_time, info.end_time
+
+    ms = lambda s: round(s * 1000)  # noqa: E731
+    # end = the benchmark file's mtime, start = end - its seconds (repeat rows add
+    # up); several jobs: first start to last end.
+    assert span("embed") == (ms(T0 + 100 - 40), ms(T0 + 140))  # shard 2: T0+80..T0+130
+    assert by_name["embed"].data.metrics | {"images_per_s": 0} == {
+        "images_per_s": 0, "dim_image": 8.0, "benchmark/s": 95.0, "benchmark/jobs": 3.0,
+        "benchmark/cpu_time": 149.5, "benchmark/max_rss": 900.0,
+    }  # fmt: skip
+    assert span("geometry") == (ms(T0 + 200 - 12.5), ms(T0 + 200))
+    geometry = by_name["geometry"].data.metrics
+    assert geometry["benchmark/s"] == 12.5 and "benchmark/cpu_time" not in geometry  # NA
+    assert span("learn: mlp_mse") == (ms(T0 + 250), ms(T0 + 400))
+    # The parent spans its stage runs (those with jobs' times).
+    assert span("toy / enc") == (ms(T0 + 60), ms(T0 + 400))
+    assert by_name["toy / enc"].data.metrics["benchmark/s"] == 95 + 12.5 + 150
+    # No benchmark file: the time of logging, as before.
+    manifest = results / "toy" / "manifest.parquet"
+    written = manifest.stat().st_mtime_ns // 10**6  # by fake_results, before tracking
+    for name in ("retrieval", "alignment", "trial 0"):
+        start, end = span(name)
+        assert written <= start <= end <= before
+        assert "benchmark/s" not in by_name[name].data.metrics
+
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    for run in by_name.values():  # every run of the tree: the Dataset column
+        (found,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+        assert (found.dataset.name, found.dataset.digest) == ("toy", digest)
+        assert mlflow.data.get_source(found).uri == str(manifest.resolve())
+        context = {t.key: t.value for t in found.tags}["mlflow.data.context"]
+        trains = run.info.run_name.startswith(("learn", "trial", "mlp_ablation"))
+        assert context == ("train" if trains else "eval")
+    dataset = found.dataset
+    assert json.loads(dataset.profile) == {"num_rows": 3}
+    columns = json.loads(dataset.schema)["mlflow_colspec"]
+    assert [(c["name"], c["type"]) for c in columns] == [
+        ("image_id", "string"), ("image_path", "string"), ("caption", "string"),
+        ("caption_idx", "integer"), ("split", "string"),
+    ]  # fmt: skip
+
+    # Times are no content: re-run jobs (new mtimes) with the same results log nothing.
+    for bench in (results / "benchmarks").rglob("*.tsv"):
+        os.utime(bench)
+    assert track(CONFIG, results)["created"] == 0
+    assert len(runs_in(uri)) == 10
+    assert MlflowClient(uri).get_run(by_name["embed"].info.run_id).info.end_time == ms(T0 + 140)
+    # A changed manifest is a new dataset: the tree is logged again.
+    pd.read_parquet(manifest).iloc[:2].to_parquet(manifest)
+    assert track(CONFIG, results)["created"] == 10
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -265,6 +366,11 @@ def test_server_rest_api_lists_runs_metrics_artifacts(server: str) -> None:
     geometry = next(r for r in runs if r["info"]["run_name"] == "geometry")
     listed = get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={geometry['info']['run_id']}")
     assert sorted(f["path"] for f in listed["files"]) == ["geometry.json", "tsne.png"]
+    parent = next(r for r in runs if r["info"]["run_name"] == "toy / enc")
+    (found,) = parent["inputs"]["dataset_inputs"]
+    assert found["dataset"]["name"] == "toy" and len(found["dataset"]["digest"]) == 16
+    start, end = int(parent["info"]["start_time"]), int(parent["info"]["end_time"])
+    assert (start, end) == ((T0 + 60) * 1000, (T0 + 400) * 1000)  # the jobs' span
 
 
 def test_ui_screenshot_in_headless_chromium(server: str, tmp_path: Path) -> None:
@@ -277,7 +383,7 @@ def test_ui_screenshot_in_headless_chromium(server: str, tmp_path: Path) -> None
         "experiment"
     ]
     shot = tmp_path / "experiment.png"
-    subprocess.run(
+    page = subprocess.run(
         [
             chromium,
             "--headless",
@@ -292,13 +398,24 @@ def test_ui_screenshot_in_headless_chromium(server: str, tmp_path: Path) -> None
             "--window-size=1400,900",
             "--virtual-time-budget=20000",
             f"--screenshot={shot}",
+            "--dump-dom",
             f"{server}/#/experiments/{experiment['experiment_id']}/runs",
         ],
         capture_output=True,
-        timeout=120,
+        text=True,
+        timeout=300,  # a loaded 2-core machine renders slowly
         check=False,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+    # The runs table as rendered: the parent's Dataset column names the manifest
+    # (name and digest) and its Duration is the jobs' span, T0+60 to T0+400 s.
+    runs = get(
+        f"{server}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+    )["runs"]
+    parent = next(r for r in runs if r["info"]["run_name"] == "toy / enc")
+    digest = parent["inputs"]["dataset_inputs"][0]["dataset"]["digest"]
+    assert f"toy ({digest})" in page.stdout and ">5.7min<" in page.stdout
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
@@ -348,3 +465,24 @@ def test_an_interrupted_tree_is_failed_and_logged_again(
     failed = [r for r in runs_in(uri) if r.info.status == "FAILED"]
     assert [r.info.run_name for r in failed] == ["toy / enc"]
     assert track(changed, results)["created"] == 10
+
+
+def test_aligned_figures_go_with_the_aligned_geometry_run(tmp_path: Path) -> None:
+    from mmalign import layout
+    from mmalign.tracking import unit_runs
+
+    unit = tmp_path / "results" / "toy" / "enc"
+    unit.mkdir(parents=True)
+    summary = unit / "aligned_geometry.json"
+    spaces = {"raw": {"modality_gap": None}, "aligned": {"modality_gap": 0.5}}
+    summary.write_text(json.dumps({"n_pairs": 3, "spaces": spaces, "config": {"seed": 1}}))
+    aligned = [
+        unit / "figures" / f"{name}.{ext}"
+        for name in layout.ALIGNED_FIGURES.values()
+        for ext in layout.FIGURE_FORMATS
+    ]
+    files = {"aligned_geometry": [summary], "figure": [*aligned, unit / "figures" / "tsne.png"]}
+    runs = {run.name: run for run in unit_runs("toy", "enc", files, CONFIG).children}
+    assert set(runs) == {"aligned_geometry"}  # tsne.png belongs to the geometry run
+    assert runs["aligned_geometry"].artifacts == [summary, *sorted(aligned)]
+    assert runs["aligned_geometry"].metrics == {"n_pairs": 3.0, "spaces/aligned/modality_gap": 0.5}

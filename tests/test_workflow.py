@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from mmalign import layout
 from mmalign.embed import Embeddings
 
 from .conftest import make_openclipart
@@ -107,7 +108,7 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
 
     first = snakemake(*common, "results/openclipart/minilm_effnet/shards/1-of-2.npz", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    proc = snakemake(*common, cwd=tmp_path)
+    proc = snakemake(*common, cwd=tmp_path, timeout=1500)  # every stage; slow on a shared machine
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"embed_shard\s+1\n", proc.stdout + proc.stderr), "shard 1 was recomputed"
 
@@ -181,6 +182,16 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
     assert "## Table 2" in report and "## Table 3" in report
     assert "how aligned are the two spaces" in report and "closing the modality gap" in report
     assert "why the paper's MLP fails" in report
+    # Figures 2-5 in the alignment heads' space, for both encoders, in the report;
+    # the raw 1280-d vs 384-d pair has no "before" space, the PCA-adapted one does.
+    for encoder in ("minilm_effnet", "minilm_effnet_pca384"):
+        aligned = json.loads((results / encoder / "aligned_geometry.json").read_text())
+        assert aligned["n_pairs"] == 3 and aligned["spaces"]["aligned"]["modality_gap"] > 0
+        assert (aligned["spaces"]["raw"]["modality_gap"] is None) == (encoder == "minilm_effnet")
+        for name in layout.ALIGNED_FIGURES.values():
+            for ext in layout.FIGURE_FORMATS:
+                assert (results / encoder / "figures" / f"{name}.{ext}").stat().st_size > 1000
+            assert f"(openclipart/{encoder}/figures/{name}.png)" in report
     ablation = pd.read_parquet(results / "minilm_effnet/learn/ablation.parquet")
     assert set(ablation["protocol"]) == {"learned_test"} and (ablation["n_queries"] == 3).all()
     runs = json.loads((tmp_path / "results/mlflow_runs.json").read_text())
@@ -188,6 +199,34 @@ def test_default_workflow_on_a_tiny_library(tmp_path: Path) -> None:
         "openclipart/minilm_effnet",
         "openclipart/minilm_effnet_pca384",
     }
+    # MLflow's run times are the jobs' (their benchmark files); its Dataset, the manifest.
+    from mlflow.tracking import MlflowClient
+
+    from mmalign.tracking import benchmark_file, job_time
+
+    client = MlflowClient(runs["tracking_uri"].replace("///results/", f"///{tmp_path}/results/"))
+    parent = client.get_run(runs["runs"]["openclipart/minilm_effnet"])
+    children = {
+        r.info.run_name: r.info
+        for r in client.search_runs(
+            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+    }
+    job = job_time(tmp_path / benchmark_file("geometry", "openclipart", "minilm_effnet"))
+    assert (children["geometry"].start_time, children["geometry"].end_time) == (
+        job.start_ms,
+        job.end_ms,
+    )
+    assert parent.info.start_time == min(c.start_time for c in children.values())
+    assert parent.info.end_time == max(c.end_time for c in children.values())
+    embed = client.get_run(children["embed"].run_id).data.metrics
+    assert embed["benchmark/jobs"] == 3  # 2 shards and the merge
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["openclipart"]
 
     again = snakemake(*common, "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # The Snakemake report of this run (tests/report_page.py).
+    from .report_page import check_snakemake_report
+
+    check_snakemake_report(tmp_path, common, tmp_path / "report_page")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from mmalign.config import schema_defaults
 from mmalign.devices import torch_device
 from mmalign.embeddings import Embeddings, split_manifest, write_embeddings
-from mmalign.encoders import Encoder, Transform
+from mmalign.encoders import Encoder, ImageTower, Transform
 from mmalign.images import load_image
 from mmalign.io import atomic_path
 
@@ -80,6 +82,7 @@ class EmbedOptions:
     num_workers: int = 1
     device: str = _DEFAULTS["device"]  # auto | cpu | cuda
     amp: bool = _DEFAULTS["amp"]  # bf16 autocast on CUDA
+    cpu_inference: str = _DEFAULTS["cpu_inference"]  # freeze | eager
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], threads: int) -> EmbedOptions:
@@ -89,6 +92,7 @@ class EmbedOptions:
             num_workers=max(0, threads - 1) if cfg["num_workers"] == "auto" else cfg["num_workers"],
             device=cfg["device"],
             amp=cfg["amp"],
+            cpu_inference=cfg["cpu_inference"],
         )
 
 
@@ -108,14 +112,46 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
+def frozen_forward(tower: ImageTower) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tower's forward as a frozen TorchScript graph, for CPU inference.
+
+    Tracing records the module's ops on one input of the tower's size; freezing
+    inlines the weights, and ``optimize_for_inference`` folds each batch norm
+    into its convolution and picks oneDNN kernels. The arithmetic is reordered,
+    not approximated: for EfficientNet-Lite0 every embedding is within 1e-5 of
+    eager relative to its norm, and the result depends on neither the batch
+    size nor the thread count (tested). Towers whose forward is not one
+    ``nn.Module`` (closures over hub models) run eagerly.
+    """
+    if not isinstance(tower.forward, torch.nn.Module):
+        return tower.forward
+    example = torch.zeros(1, 3, tower.input_size, tower.input_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch.jit is deprecated in favour of torch.compile, which needs a
+        # C++ toolchain and minutes of compiling per process; jit still works.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(tower.forward.eval(), example)
+        graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    log.info("image tower frozen for CPU inference (TorchScript)")
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return graph(pixels)
+
+    return forward
+
+
 def embed_images(
     encoder: Encoder, paths: list[str], opts: EmbedOptions, desc: str = "images"
 ) -> tuple[np.ndarray, float]:
     """Embed images in order; returns (features float32, images per second)."""
     device = torch_device(opts.device, "embed.device")
     tower = encoder.image
+    forward = tower.forward
     if device.type == "cuda":
         tower.module.to(memory_format=torch.channels_last)
+    elif opts.cpu_inference == "freeze":
+        forward = frozen_forward(tower)
     loader = DataLoader(
         ImageFiles(paths, tower.transform, tower.render_size),
         batch_size=opts.batch_size,
@@ -130,7 +166,7 @@ def embed_images(
             pixels = pixels.to(device, non_blocking=True)
             if device.type == "cuda":
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
-            out[rows.numpy()] = tower.forward(pixels).float().cpu().numpy()
+            out[rows.numpy()] = forward(pixels).float().cpu().numpy()
     elapsed = time.perf_counter() - start
     return out, len(paths) / elapsed if elapsed > 0 else float("inf")
 

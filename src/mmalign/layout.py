@@ -33,6 +33,9 @@ VARIANTS = (*MLP_VARIANTS, "align", "align_linear")
 SIMILARITY_MEASURES = ("cka", "mutual_knn", "cknna")
 #: Figures 2-5 per (dataset, encoder), drawn by the geometry rule.
 GEOMETRY_FIGURES = ("tsne", "cosine_matrix", "retrieval_t2i", "retrieval_i2t")
+#: Figures 2-5 in the alignment heads' shared space (rule aligned_geometry, when the
+#: ``align`` variant runs), by the geometry figure each stands beside.
+ALIGNED_FIGURES = {name: f"aligned_{name}" for name in GEOMETRY_FIGURES}
 FIGURE_FORMATS = ("png", "pdf")
 #: The files of one embeddings folder.
 EMBEDDING_FILES = ("image.npy", "text.npy", "images.parquet", "texts.parquet", "meta.json")
@@ -68,6 +71,7 @@ ARTIFACTS: dict[str, str] = {
     "figure": f"{UNIT}/figures/{{name}}.{{ext}}",
     "tsne_grid": f"{RESULTS}/figures/tsne_grid.{{ext}}",
     "precision_upper_bounds": f"{RESULTS}/figures/precision_upper_bounds.{{ext}}",
+    "aligned_geometry": f"{UNIT}/aligned_geometry.json",
     # representational similarity
     "similarity": f"{UNIT}/alignment.json",
     # gap shift

@@ -33,9 +33,41 @@ reduce hubness (the paper's open question 2):
 
 Manhattan and chi-square have no matrix-product form; they run in numba
 kernels (parallel over query rows, vectorised over the dimension).
+
+Two engines fill the score blocks (:class:`Scorer`'s ``device``):
+
+- the *CPU path* (``device=None``, the reference): float32 GEMMs in torch on
+  the CPU, the numba kernels for Manhattan and chi-square;
+- the *torch path* (a ``torch.device``, CUDA or the CPU): the same torch ops
+  for the matrix-product metrics, run on that device in full float32 (no TF32);
+  ``torch.cdist(p=1)`` for Manhattan; chi-square accumulated one coordinate at
+  a time (:func:`neg_chi2_torch`).
+
+What the torch path guarantees against the CPU path:
+
+- on the CPU device, cosine, Euclidean and the three calibrated cosines run
+  the very same ops: bitwise-equal scores, so the same ranks always;
+- every score is a float32 sum over the dimension of the same correctly
+  rounded terms (products; ``|q_i - g_i|``; ``(q_i - g_i)^2 / (q_i + g_i)``
+  with the same zero-denominator rule); only the order of the sum differs
+  (cuBLAS's and ``cdist``'s blocking, numba's ``fastmath`` vectorisation). So
+  scores are bitwise equal whenever those sums are exact (e.g. embeddings on a
+  coarse grid, as the tests use), and ranks are equal whenever the scores a
+  rank compares differ by more than the rounding of a d-term float32 sum
+  (about d * 2^-24 of the terms' magnitude); a closer pair may swap;
+- identical gallery rows score bitwise equal, so exact ties stay exact and are
+  broken by the lower index on both paths: the numba kernels, ``cdist`` and
+  the chi-square loop reduce every pair by the same code whatever its
+  position, and the GEMM libraries do so in practice (tested on the CPU, with
+  rows split across blocks and tiles);
+- chi-square on the torch path gives bitwise the same scores on every device
+  (a fixed sequential order of IEEE operations, one kernel per operation).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -74,6 +106,46 @@ def _neg_chi2(q: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:  # pragma:
             out[i, j] = np.float32(-0.5) * acc
 
 
+def neg_manhattan_torch(q: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Fill ``out`` (n_q x n_g) with -sum_i |q_i - g_i|, on the tensors' device."""
+    return torch.neg(torch.cdist(q, g, p=1), out=out)
+
+
+def neg_chi2_torch(q: torch.Tensor, g_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Fill ``out`` (n_q x n_g) with the chi-square score of :func:`neg_chi2`, on the
+    tensors' device; ``g_t`` is the gallery transposed (d x n_g, contiguous).
+
+    The sum runs over the d coordinates in order, one elementwise operation per
+    kernel: each pair's score is the same sequence of IEEE float32 operations on
+    every device and in every block, whatever the block's shape (a torch
+    reduction would pick its order by shape and memory alignment). Holds two
+    more float32 blocks of ``out``'s size while it runs."""
+    diff, den = torch.empty_like(out), torch.empty_like(out)
+    out.zero_()
+    for t in range(q.shape[1]):
+        torch.sub(q[:, t, None], g_t[t], out=diff)
+        torch.add(q[:, t, None], g_t[t], out=den)
+        den.masked_fill_(den == 0, float(CHI2_EPS))
+        out.add_(diff.mul_(diff).div_(den))
+    return out.mul_(-0.5)
+
+
+@contextlib.contextmanager
+def full_float32(device: torch.device | None) -> Iterator[None]:
+    """Float32 matrix products on ``device`` in full float32 while inside, whatever
+    ``torch.set_float32_matmul_precision`` says (TF32 or bfloat16 passes on CUDA
+    would move scores by ~1e-3 and change ranks); the setting is restored after."""
+    if device is None or device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def _contiguous32(x: np.ndarray | torch.Tensor) -> np.ndarray:
     array = x.numpy() if isinstance(x, torch.Tensor) else x
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -92,12 +164,23 @@ class Scorer:
     ``gallery_sq`` the squared norms of the centred Euclidean rows. ``block``
     fills a ``(rows, n_gallery)`` score block. ``offset`` (per gallery item)
     and ``scale`` implement CSLS and QB-Norm on top of cosine.
+
+    ``device`` selects the engine (see the module docstring): None = the CPU
+    path; a ``torch.device`` = the torch path on it, the gallery (and
+    ``offset``, which must be set on it) held there. ``block_device`` is
+    where :meth:`block` wants its queries and ``out``.
     """
 
-    def __init__(self, base: str, gallery: torch.Tensor) -> None:
+    def __init__(
+        self, base: str, gallery: torch.Tensor, device: torch.device | None = None
+    ) -> None:
         if base not in FIXED_METRICS:
             raise ValueError(f"unknown base metric {base!r}; known: {FIXED_METRICS}")
         self.base = base
+        self.device = device
+        self.block_device = torch.device("cpu") if device is None else device
+        if device is not None:
+            gallery = gallery.to(device)
         self.centre: torch.Tensor | None = None
         self.gallery_sq: torch.Tensor | None = None
         if base == "cosine":
@@ -110,7 +193,12 @@ class Scorer:
             self.gallery_sq = (self.gallery * self.gallery).sum(1)
         else:
             self.gallery = gallery.contiguous()
-        self.gallery_np = _contiguous32(gallery) if base in ("manhattan", "chi2") else None
+        kernel_metric = base in ("manhattan", "chi2")
+        self.gallery_np = _contiguous32(gallery) if kernel_metric and device is None else None
+        # chi-square on the torch path reads the gallery one coordinate (row of g^T) at a time
+        self.gallery_t = (
+            self.gallery.T.contiguous() if base == "chi2" and device is not None else None
+        )
         self.scale = 1.0
         self.offset: torch.Tensor | None = None
 
@@ -118,17 +206,22 @@ class Scorer:
         """Fill ``out`` (rows x n_gallery, float32) with ranking scores of ``queries``:
         the metric's scores, or (Euclidean) a monotone transform of them that
         :meth:`values` undoes."""
-        if self.base == "cosine":
-            torch.mm(l2_normalize(queries), self.gallery.T, out=out)
-        elif self.base == "euclidean":
-            # Ranked by -|q - g|^2 = 2 <q', g'> - |g'|^2 - |q'|^2 with q' = q - c and
-            # g' = g - c (one GEMM, one pass); values() takes the square root.
-            centred = queries - self.centre
-            torch.addmm(self.gallery_sq, centred, self.gallery.T, beta=-1, alpha=2, out=out)
-            out.sub_((centred * centred).sum(1, keepdim=True))
-        else:
-            kernel = _neg_manhattan if self.base == "manhattan" else _neg_chi2
-            kernel(_contiguous32(queries), self.gallery_np, out.numpy())
+        with full_float32(self.device):
+            if self.base == "cosine":
+                torch.mm(l2_normalize(queries), self.gallery.T, out=out)
+            elif self.base == "euclidean":
+                # Ranked by -|q - g|^2 = 2 <q', g'> - |g'|^2 - |q'|^2 with q' = q - c and
+                # g' = g - c (one GEMM, one pass); values() takes the square root.
+                centred = queries - self.centre
+                torch.addmm(self.gallery_sq, centred, self.gallery.T, beta=-1, alpha=2, out=out)
+                out.sub_((centred * centred).sum(1, keepdim=True))
+            elif self.device is None:
+                kernel = _neg_manhattan if self.base == "manhattan" else _neg_chi2
+                kernel(_contiguous32(queries), self.gallery_np, out.numpy())
+            elif self.base == "manhattan":
+                neg_manhattan_torch(queries.contiguous(), self.gallery, out)
+            else:
+                neg_chi2_torch(queries, self.gallery_t, out)
         if self.scale != 1.0:
             out.mul_(self.scale)
         if self.offset is not None:

@@ -20,11 +20,13 @@ import pandas as pd
 from mmalign.error_analysis import queries_markdown
 from mmalign.io import atomic_path, write_csv
 from mmalign.layout import (
+    ALIGNED_FIGURES,
     CALIBRATED_METRICS,
     FIXED_METRICS,
     MLP_VARIANTS,
     SIMILARITY_MEASURES,
     unit_of,
+    wildcards,
 )
 
 #: The paper's learned metrics: its MLPs.
@@ -659,6 +661,20 @@ def build_report(
 
     with atomic_path(report_path) as tmp:
         tmp.write_text("\n".join(sections))
+
+
+def unit_figure_order(paths: Iterable[str]) -> list[str]:
+    """Per-unit figures (the ``figure`` artifact) by (dataset, encoder), then by name,
+    each figure in the alignment heads' space (:data:`mmalign.layout.ALIGNED_FIGURES`)
+    right after the raw figure it stands beside."""
+    beside = {aligned: raw for raw, aligned in ALIGNED_FIGURES.items()}
+
+    def key(path: str) -> tuple[str, str, str, bool]:
+        found = wildcards("figure", path)
+        name = found["name"]
+        return found["dataset"], found["encoder"], beside.get(name, name), name in beside
+
+    return sorted(map(str, paths), key=key)
 
 
 def load_units(artifact: str, paths: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:

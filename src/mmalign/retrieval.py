@@ -29,6 +29,11 @@ so paired tests between metrics, spaces and encoders on the same queries can
 be computed afterwards, and each gallery's *k-occurrence* (how many queries
 have an item in their top ``HUB_K``), from which :func:`hubness_rows`
 measures hubness (Radovanović et al. 2010).
+
+The score blocks run where ``retrieval.device`` says (:func:`scoring_device`):
+the CPU path (the reference) or the torch path on CUDA; the counting above
+runs on the blocks' device either way, so the semantics are the same (see
+:mod:`mmalign.metrics` for what the torch path's scores guarantee).
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ from tqdm import tqdm
 
 from mmalign import seeding
 from mmalign.config import schema_defaults
+from mmalign.devices import torch_device
 from mmalign.embed import Embeddings
 from mmalign.io import atomic_path
 from mmalign.layout import FIXED_METRICS, PROTOCOLS
-from mmalign.metrics import Scorer, l2_normalize
+from mmalign.metrics import Scorer, full_float32, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +102,38 @@ def relevant_ranks(
     ``occurrence`` (one int64 per gallery item), when given, is incremented by
     how many queries have each item among their ``HUB_K`` best scores, from the
     same score blocks (torch's top-k, whose order among exactly tied scores is
-    its own)."""
+    its own).
+
+    The blocks, and the counting, live on the scorer's ``block_device`` (the
+    CPU for a scorer without one); the ranks come back to the host. The ranks
+    follow from comparisons only, so they are the same on every device for the
+    same scores; the k-occurrence, where exact ties straddle the k-th place,
+    follows each device's top-k."""
+    device = getattr(scorer, "block_device", torch.device("cpu"))
     queries = torch.from_numpy(np.ascontiguousarray(task.queries, dtype=np.float32))
     n_gallery = len(task.gallery)
     rows = block_rows_for(n_gallery, block_mb)
-    buffer = torch.empty(rows, n_gallery)
-    columns = torch.arange(n_gallery)
+    buffer = torch.empty(rows, n_gallery, device=device)
+    columns = torch.arange(n_gallery, device=device)
     counts = np.diff(task.rel_ptr)
     ranks = np.zeros(len(task.rel_idx), dtype=np.int64)
     for start in tqdm(range(0, task.n_queries, rows), desc="ranking", unit="block", mininterval=5):
         stop = min(start + rows, task.n_queries)
-        scores = scorer.block(queries[start:stop], buffer[: stop - start])
-        local_rows = torch.arange(stop - start)
+        scores = scorer.block(queries[start:stop].to(device), buffer[: stop - start])
+        local_rows = torch.arange(stop - start, device=device)
         for slot in range(int(counts[start:stop].max(initial=0))):
             has = torch.from_numpy(counts[start:stop] > slot)
             pos = torch.from_numpy(task.rel_ptr[start:stop] + slot).clamp(max=len(task.rel_idx) - 1)
-            cols = torch.from_numpy(task.rel_idx)[pos]
+            cols = torch.from_numpy(task.rel_idx)[pos].to(device)
             true = scores[local_rows, cols]
             higher = (scores > true[:, None]).sum(1)
             tied_before = ((scores == true[:, None]) & (columns[None, :] < cols[:, None])).sum(1)
-            rank = (1 + higher + tied_before).numpy()
+            rank = (1 + higher + tied_before).cpu().numpy()
             keep = has.numpy()
             ranks[pos.numpy()[keep]] = rank[keep]
         if occurrence is not None:
             top = torch.topk(scores, min(HUB_K, n_gallery), dim=1).indices
-            occurrence += np.bincount(top.flatten().numpy(), minlength=n_gallery)
+            occurrence += np.bincount(top.flatten().cpu().numpy(), minlength=n_gallery)
     return ranks
 
 
@@ -151,18 +164,21 @@ def _block_topk(scores: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor
 def topk(
     scorer: Scorer, queries: np.ndarray, k: int, block_mb: float = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, gallery indices) of each query's k best items, best first."""
+    """(scores, gallery indices) of each query's k best items, best first (on the
+    scorer's ``block_device``; the results come back to the host)."""
+    device = getattr(scorer, "block_device", torch.device("cpu"))
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     n_gallery = len(scorer.gallery)
     rows = block_rows_for(n_gallery, block_mb)
-    buffer = torch.empty(rows, n_gallery)
+    buffer = torch.empty(rows, n_gallery, device=device)
     out_v, out_i = [], []
     for start in range(0, len(q), rows):
-        block = scorer.block(q[start : start + rows], buffer[: len(q[start : start + rows])])
+        chunk = q[start : start + rows].to(device)
+        block = scorer.block(chunk, buffer[: len(chunk)])
         v, i = _block_topk(block, k, 0)
         out_v.append(v.clone())
         out_i.append(i.clone())
-    return scorer.values(torch.cat(out_v)).numpy(), torch.cat(out_i).numpy()
+    return scorer.values(torch.cat(out_v)).cpu().numpy(), torch.cat(out_i).cpu().numpy()
 
 
 def topk_both_directions(
@@ -170,23 +186,24 @@ def topk_both_directions(
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Top-k of queries over the gallery and of gallery items over the queries,
     from one pass of score blocks (the metric must be symmetric)."""
+    device = getattr(scorer, "block_device", torch.device("cpu"))
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     n_gallery = len(scorer.gallery)
     rows = block_rows_for(n_gallery, block_mb)
-    buffer = torch.empty(rows, n_gallery)
+    buffer = torch.empty(rows, n_gallery, device=device)
     row_v, row_i = [], []
-    col_v = torch.full((n_gallery, 0), -torch.inf)
-    col_i = torch.empty((n_gallery, 0), dtype=torch.long)
+    col_v = torch.full((n_gallery, 0), -torch.inf, device=device)
+    col_i = torch.empty((n_gallery, 0), dtype=torch.long, device=device)
     for start in range(0, len(q), rows):
         stop = min(start + rows, len(q))
-        block = scorer.block(q[start:stop], buffer[: stop - start])
+        block = scorer.block(q[start:stop].to(device), buffer[: stop - start])
         v, i = _block_topk(block, k, 0)
         row_v.append(v.clone())
         row_i.append(i.clone())
         v, i = _block_topk(block.T.contiguous(), k, start)  # contiguous: 3x faster than strided
         col_v, col_i = _ordered(torch.cat([col_v, v], 1), torch.cat([col_i, i], 1), k)
-    rows_out = (scorer.values(torch.cat(row_v)).numpy(), torch.cat(row_i).numpy())
-    return rows_out, (scorer.values(col_v).numpy(), col_i.numpy())
+    rows_out = (scorer.values(torch.cat(row_v)).cpu().numpy(), torch.cat(row_i).cpu().numpy())
+    return rows_out, (scorer.values(col_v).cpu().numpy(), col_i.cpu().numpy())
 
 
 def measures_per_query(
@@ -403,6 +420,9 @@ class RetrievalOptions:
     csls_k: int = _DEFAULTS["csls_k"]
     qbnorm_beta: float = _DEFAULTS["qbnorm_beta"]
     querybank_size: int = _DEFAULTS["querybank_size"]
+    # auto | cpu | cuda (see scoring_device); in code, a torch.device selects the
+    # torch path on that device, the CPU included (what the equality tests use)
+    device: str | torch.device = _DEFAULTS["device"]
     seed: int = 0  # the config's top-level seed, passed to from_config
 
     @classmethod
@@ -417,6 +437,7 @@ class RetrievalOptions:
             csls_k=cfg["csls_k"],
             qbnorm_beta=cfg["qbnorm_beta"],
             querybank_size=cfg["querybank_size"],
+            device=cfg["device"],
             seed=seed,
         )
 
@@ -482,19 +503,35 @@ def build_protocol(emb: Embeddings, name: str, opts: RetrievalOptions) -> Protoc
     return Protocol(name, t2i, i2t, text_rows, image_rows)
 
 
+def scoring_device(opts: RetrievalOptions) -> torch.device | None:
+    """Where the score blocks run, from ``opts.device`` (``retrieval.device``):
+    None = the CPU path (cpu, or auto where torch sees no GPU: today's engine,
+    unchanged); a ``torch.device`` = the torch path on it (auto with a GPU, or
+    cuda; cuda without a GPU is an error naming the key and the fix). A
+    ``torch.device`` given in code is used as it is, the CPU included."""
+    if isinstance(opts.device, torch.device):
+        return opts.device
+    device = torch_device(opts.device, "retrieval.device")
+    return None if device.type == "cpu" else device
+
+
 def make_scorer(metric: str, task: Task, bank: np.ndarray | None, opts: RetrievalOptions) -> Scorer:
     """A scorer for ``metric`` on ``task``, calibrations fitted as documented in
-    :mod:`mmalign.metrics` (``bank``: training queries for QB-Norm)."""
+    :mod:`mmalign.metrics` (``bank``: training queries for QB-Norm), on
+    :func:`scoring_device`."""
+    device = scoring_device(opts)
     gallery = torch.from_numpy(np.ascontiguousarray(task.gallery, dtype=np.float32))
     if metric in FIXED_METRICS:
-        return Scorer(metric, gallery)
+        return Scorer(metric, gallery, device)
     if metric == "centered_cosine":
         raise ValueError("centered_cosine is applied to the inputs; see score_task")
-    scorer = Scorer("cosine", gallery)
+    scorer = Scorer("cosine", gallery, device)
     if metric == "csls":
         # r(g): mean cosine of gallery item g to its csls_k nearest queries.
         reverse = Scorer(
-            "cosine", torch.from_numpy(np.ascontiguousarray(task.queries, dtype=np.float32))
+            "cosine",
+            torch.from_numpy(np.ascontiguousarray(task.queries, dtype=np.float32)),
+            device,
         )
         near, _ = topk(reverse, task.gallery, min(opts.csls_k, task.n_queries), opts.block_mb)
         scorer.scale, scorer.offset = 2.0, torch.from_numpy(near.mean(1))
@@ -503,14 +540,18 @@ def make_scorer(metric: str, task: Task, bank: np.ndarray | None, opts: Retrieva
             raise ValueError(
                 "no query bank: QB-Norm needs training queries outside the evaluated set"
             )
-        bank_t = l2_normalize(torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)))
-        offset = torch.empty(len(gallery))
-        for lo in range(0, len(gallery), 4096):
-            sims = scorer.gallery[lo : lo + 4096] @ bank_t.T
-            offset[lo : lo + 4096] = torch.logsumexp(opts.qbnorm_beta * sims, dim=1)
+        bank_t = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
+        bank_t = l2_normalize(bank_t.to(scorer.block_device))
+        offset = torch.empty(len(gallery), device=scorer.block_device)
+        with full_float32(device):
+            for lo in range(0, len(gallery), 4096):
+                sims = scorer.gallery[lo : lo + 4096] @ bank_t.T
+                offset[lo : lo + 4096] = torch.logsumexp(opts.qbnorm_beta * sims, dim=1)
         scorer.scale, scorer.offset = opts.qbnorm_beta, offset
     else:
         raise ValueError(f"unknown metric {metric!r}")
+    if scorer.offset is not None:
+        scorer.offset = scorer.offset.to(scorer.block_device)
     return scorer
 
 
@@ -530,7 +571,9 @@ def score_task(
             task.rel_idx,
         )
         scorer = Scorer(
-            "cosine", torch.from_numpy(np.ascontiguousarray(centred.gallery, dtype=np.float32))
+            "cosine",
+            torch.from_numpy(np.ascontiguousarray(centred.gallery, dtype=np.float32)),
+            scoring_device(opts),
         )
         return relevant_ranks(scorer, centred, opts.block_mb, occurrence)
     return relevant_ranks(make_scorer(metric, task, bank, opts), task, opts.block_mb, occurrence)
@@ -636,8 +679,9 @@ def score_protocol(
                 nan = {m: (np.nan, np.nan, np.nan) for m in measure_names(opts.ks)}
                 rows += [{**base, **r} for r in rows_for(nan, task.n_queries, note)]
                 continue
-            log.info("%s %s %s %s: %d queries x %d items", dataset, encoder, direction, metric,
-                     task.n_queries, len(task.gallery))  # fmt: skip
+            log.info("%s %s %s %s: %d queries x %d items on %s", dataset, encoder, direction,
+                     metric, task.n_queries, len(task.gallery),
+                     scoring_device(opts) or "the CPU path")  # fmt: skip
             occurrence = np.zeros(len(task.gallery), dtype=np.int64)
             ranks = score_task(task, metric, bank, opts, occurrence)
             per_query = measures_per_query(ranks, task.rel_ptr, list(opts.ks))

@@ -63,7 +63,7 @@ from threadpoolctl import threadpool_limits
 from mmalign import seeding
 from mmalign.config import schema_defaults
 from mmalign.io import write_json, write_parquet
-from mmalign.layout import DIRECTIONS
+from mmalign.layout import ALIGNED_FIGURES, DIRECTIONS
 
 if TYPE_CHECKING:  # imported where used: W2 worker processes start without torch or sklearn
     from sklearn.svm import SVC
@@ -812,11 +812,14 @@ def geometry_job(
     out_boundary: str | Path,
     figures_dir: str | Path,
     label: dict[str, str] | None = None,
+    aligned_figures: bool = False,
 ) -> dict[str, Any]:
     """The ``geometry`` rule: measures to ``out_json``, t-SNE points to ``out_tsne``
     and the modality SVM's decision values to ``out_boundary`` (:func:`tsne_boundary`;
     both for the grid figure), and the per-(dataset, encoder) figures to
-    ``figures_dir``."""
+    ``figures_dir``. ``aligned_figures``: the ``aligned_geometry`` rule draws
+    Figures 2-5 in the alignment heads' space too, so a figure that is n/a here
+    names its counterpart's file (:data:`mmalign.layout.ALIGNED_FIGURES`)."""
     from mmalign.embed import Embeddings
     from mmalign.geometry import figures  # matplotlib only where figures are drawn
 
@@ -881,7 +884,10 @@ def geometry_job(
     else:
         note = short_dimension_note(pairs.image.shape[1], pairs.text.shape[1])
     panel = figures.TsnePanel(points, boundary, summary)
-    figures.write_geometry_figures(panel, matrix, t2i, i2t, note, title, figures_dir)
+    see_also = {raw: f"{name}.png" for raw, name in ALIGNED_FIGURES.items()}
+    figures.write_geometry_figures(
+        panel, matrix, t2i, i2t, note, title, figures_dir, see_also if aligned_figures else None
+    )
     log.info("figures: %.1f s", time.perf_counter() - start)
     write_json(summary, out_json)
     return summary

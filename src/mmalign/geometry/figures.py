@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,21 +57,26 @@ THUMBNAIL_PIXELS = 256
 class TsnePanel:
     """What one t-SNE panel needs: the points (``tsne.parquet``), the modality
     SVM's decision values on the drawing grid (``tsne_boundary.parquet``, see
-    :func:`mmalign.geometry.tsne_boundary`) and ``geometry.json``."""
+    :func:`mmalign.geometry.tsne_boundary`) and ``geometry.json``. ``see_also``,
+    when given, is added to an n/a panel's note (where the figure can be seen
+    instead, e.g. the aligned-space figure's file)."""
 
     points: pd.DataFrame
     boundary: pd.DataFrame
     summary: dict[str, Any]
+    see_also: str = ""
 
     @property
     def note(self) -> str | None:
         dims = self.summary["dims"]
         if dims["image"] != dims["text"]:
             # The summary's own n/a note: why no measure of one space was made.
-            return str(self.summary["notes"]["modality_gap"])
-        if len(self.points) == 0:
-            return "n/a: no t-SNE points"
-        return None
+            note = str(self.summary["notes"]["modality_gap"])
+        elif len(self.points) == 0:
+            note = str(self.summary.get("notes", {}).get("tsne", "n/a: no t-SNE points"))
+        else:
+            return None
+        return f"{note}. {self.see_also}" if self.see_also else note
 
 
 def _gap_label(summary: dict[str, Any]) -> str:
@@ -162,6 +167,25 @@ def tsne_figure(panel: TsnePanel, title: str = "") -> Figure:
     fig = one_panel(COLUMN_WIDTH, COLUMN_WIDTH * 0.95, lambda ax: draw_tsne(ax, panel), title)
     if panel.note is None:
         with style():
+            _tsne_legend(fig)
+    return fig
+
+
+def before_after_tsne_figure(before: TsnePanel, after: TsnePanel, title: str = "") -> Figure:
+    """Figure 2 before and after the alignment heads, side by side, one column
+    wide each: the same test pairs in the frozen embeddings (left; n/a when the
+    two modalities differ in dimension) and in the heads' shared space (right).
+    Each panel's ``summary`` may name its space (``space``, shown under the title)."""
+    with style():
+        fig = new_figure(2 * COLUMN_WIDTH, COLUMN_WIDTH * 1.05)
+        axes = fig.subplots(1, 2)
+        for ax, panel, name in ((axes[0], before, "before"), (axes[1], after, "after")):
+            draw_tsne(ax, panel)
+            space = panel.summary.get("space")
+            ax.set_title(f"{name} the heads" + (f"\n{space}" if space else ""))
+        if title:
+            fig.suptitle(title)
+        if before.note is None or after.note is None:
             _tsne_legend(fig)
     return fig
 
@@ -412,22 +436,35 @@ def write_geometry_figures(
     note: str | None,
     title: str,
     figures_dir: str | Path,
+    see_also: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """The per-(dataset, encoder) figures, ``{name}.png`` and ``{name}.pdf`` for each
     of :data:`mmalign.layout.GEOMETRY_FIGURES`, in ``figures_dir``. A figure whose
-    input is ``None`` (the two modalities in different spaces) states ``note``."""
+    input is ``None`` (the two modalities in different spaces) states ``note``,
+    and, where ``see_also`` names a figure for it (the aligned-space
+    counterpart's file), where to look instead."""
     figures_dir = Path(figures_dir)
     half = PAGE_WIDTH / 2
+    see_also = see_also or {}
+
+    def na(name: str, width: float = COLUMN_WIDTH) -> Figure:
+        message = str(note)
+        if see_also.get(name):
+            message += f". In the alignment heads' space: {see_also[name]}"
+        return na_figure(message, title, width)
+
+    if see_also.get("tsne") and panel.note is not None:
+        panel = replace(panel, see_also=f"In the alignment heads' space: {see_also['tsne']}")
     figures = {
         "tsne": tsne_figure(panel, title),
         "cosine_matrix": (
-            na_figure(str(note), title) if matrix is None else cosine_matrix_figure(matrix, title)
+            na("cosine_matrix") if matrix is None else cosine_matrix_figure(matrix, title)
         ),
         "retrieval_t2i": (
-            na_figure(str(note), title, half) if t2i is None else retrieval_t2i_figure(t2i, title)
+            na("retrieval_t2i", half) if t2i is None else retrieval_t2i_figure(t2i, title)
         ),
         "retrieval_i2t": (
-            na_figure(str(note), title, half) if i2t is None else retrieval_i2t_figure(i2t, title)
+            na("retrieval_i2t", half) if i2t is None else retrieval_i2t_figure(i2t, title)
         ),
     }
     written = []

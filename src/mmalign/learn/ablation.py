@@ -60,6 +60,7 @@ from mmalign.config import schema_defaults
 from mmalign.layout import DIRECTIONS
 from mmalign.learn.common import (
     PairSplits,
+    TrainHistory,
     dimension_note,
     na_rows,
     result_frame,
@@ -69,7 +70,8 @@ from mmalign.learn.mlp import (
     SimilarityMLP,
     lr_factor,
     score_mlps,
-    train_mlp,
+    train_mlps_stopped_alike,
+    training_key,
 )
 from mmalign.retrieval import QueryRanks, RetrievalOptions, ranks_table, write_ranks
 
@@ -165,6 +167,46 @@ def recipes(variant: Variant) -> dict[str, Recipe]:
     return {direction: Recipe(variant.loss, direction, variant.opts) for direction in DIRECTIONS}
 
 
+def train_variants(
+    splits: PairSplits,
+    variants: list[Variant],
+    opts: AblationOptions,
+    seed: int,
+    val_seed: int,
+    device: torch.device,
+) -> dict[str, dict[str, tuple[SimilarityMLP, TrainHistory]]]:
+    """Each variant's MLP and history per direction (variants that cannot train,
+    the MSE loss on unequal dimensions, left out).
+
+    Every variant trains from the same seeds (the same weights, batches and
+    negatives), so variants whose recipes differ only in when they stop
+    (``paper`` and ``converge``; ``no_schedule`` and ``no_schedule_converge``)
+    follow one trajectory: it is trained once, each variant's stopping rule
+    following it (:func:`mmalign.learn.mlp.train_mlps_stopped_alike`), with
+    exactly the result of training each alone."""
+    groups: dict[tuple[str, MLPOptions], list[Variant]] = {}
+    for variant in variants:
+        if variant.loss == "mse" and dimension_note(splits):
+            continue
+        groups.setdefault((variant.loss, training_key(variant.opts)), []).append(variant)
+    trained: dict[str, dict[str, tuple[SimilarityMLP, TrainHistory]]] = {}
+    for (loss, _), group in groups.items():
+        if len(group) > 1:
+            log.info(
+                "%s: one training run, stopped as each of them stops",
+                ", ".join(v.name for v in group),
+            )
+        for k, (direction, recipe) in enumerate(recipes(group[0]).items()):
+            results = train_mlps_stopped_alike(
+                splits, list(opts.hidden), loss, recipe.anchor,
+                [recipes(v)[direction].opts for v in group],
+                seeding.int_seed(seed, 11, k), val_seed, device,
+            )  # fmt: skip
+            for variant, result in zip(group, results, strict=True):
+                trained.setdefault(variant.name, {})[direction] = result
+    return trained
+
+
 def run_ablation(
     splits: PairSplits,
     base: MLPOptions,
@@ -181,20 +223,16 @@ def run_ablation(
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     val_seed = seeding.int_seed(seed, 7)
+    trained = train_variants(splits, variants(base, opts), opts, seed, val_seed, device)
     for variant in variants(base, opts):
         metric = f"mlp_ablation:{variant.name}"
-        note = dimension_note(splits) if variant.loss == "mse" else ""
-        if note:
+        if variant.name not in trained:
+            note = dimension_note(splits)
             log.warning("%s: %s", variant.name, note)
             rows += na_rows(metric, len(splits.test), note, label, ropts)
             continue
         models: dict[str, SimilarityMLP] = {}
-        for k, (direction, recipe) in enumerate(recipes(variant).items()):
-            # The same seeds for every variant: same weights, batches and negatives.
-            models[direction], history = train_mlp(
-                splits, list(opts.hidden), recipe.loss, recipe.anchor, recipe.opts,
-                seeding.int_seed(seed, 11, k), val_seed, device,
-            )  # fmt: skip
+        for direction, (models[direction], history) in trained[variant.name].items():
             for epoch, (train, val) in enumerate(
                 zip(history.train_losses, history.val_losses, strict=True)
             ):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -229,28 +229,55 @@ def fit(
     """Run ``epoch()`` (one pass over the training data, returning the train
     and validation losses) until ``stopper`` says stop or ``max_epochs``; load
     the best epoch's weights back into ``model`` and leave it in eval mode."""
+    ((best, history),) = fit_shared(model, [(stopper, max_epochs)], epoch, label)
+    model.load_state_dict(best)
+    model.eval()
+    return history
+
+
+def fit_shared(
+    model: torch.nn.Module,
+    rules: Sequence[tuple[EarlyStopping, int]],
+    epoch: Callable[[], tuple[float, float]],
+    label: str,
+) -> list[tuple[dict[str, torch.Tensor], TrainHistory]]:
+    """One training run followed by several stopping rules, each an
+    (``EarlyStopping``, ``max_epochs``) pair: for each, the weights of its best
+    epoch and its history, exactly what :func:`fit` gives with that rule alone.
+
+    The stopping rule only decides when to stop and which epoch is best; the
+    epochs themselves (weights, batches, negatives, learning rates) are the same
+    whatever stops them, so each rule's run is a prefix of the longest one.
+    Training goes on until every rule has stopped. ``model`` is left in eval
+    mode with its last epoch's weights."""
     start = time.perf_counter()
-    history = TrainHistory()
-    best = clone_state(model)
-    for number in range(1, max_epochs + 1):
+    histories = [TrainHistory() for _ in rules]
+    bests = [clone_state(model) for _ in rules]
+    active = list(range(len(rules)))
+    for number in range(1, max(max_epochs for _, max_epochs in rules) + 1):
         model.train()
         train_loss, val_loss = epoch()
         model.eval()
-        history.train_losses.append(train_loss)
-        history.val_losses.append(val_loss)
-        stop = stopper.step(val_loss)
-        if stopper.is_best:
-            best = clone_state(model)
+        best_now = False
+        for i in list(active):
+            stopper, max_epochs = rules[i]
+            history = histories[i]
+            history.train_losses.append(train_loss)
+            history.val_losses.append(val_loss)
+            stop = stopper.step(val_loss)
+            if stopper.is_best:
+                bests[i] = clone_state(model)
+                best_now = True
+            if stop or number == max_epochs:
+                history.stopped_early = stop and number < max_epochs
+                history.best_epoch = stopper.best_epoch
+                history.seconds = time.perf_counter() - start
+                active.remove(i)
         log.info("%s epoch %d: train %.5f, val %.5f%s", label, number, train_loss, val_loss,
-                 " (best)" if stopper.is_best else "")  # fmt: skip
-        if stop:
-            history.stopped_early = number < max_epochs
+                 " (best)" if best_now else "")  # fmt: skip
+        if not active:
             break
-    model.load_state_dict(best)
-    model.eval()
-    history.best_epoch = stopper.best_epoch
-    history.seconds = time.perf_counter() - start
-    return history
+    return list(zip(bests, histories, strict=True))
 
 
 # ---- scoring a learned ranking with the retrieval engine ----

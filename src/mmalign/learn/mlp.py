@@ -58,6 +58,8 @@ proposes and trains exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -83,7 +85,7 @@ from mmalign.learn.common import (
     PairSplits,
     TrainHistory,
     dimension_note,
-    fit,
+    fit_shared,
     na_rows,
     paper_lr_factor,
     score_learned,
@@ -280,6 +282,16 @@ def validation_loss(
     return total / data.n
 
 
+#: The options that only say when training stops (and which epoch is best).
+STOPPING_FIELDS = ("max_epochs", "patience", "min_delta", "stop_against")
+
+
+def training_key(opts: MLPOptions) -> MLPOptions:
+    """``opts`` without its stopping fields: runs with equal keys train alike."""
+    return dataclasses.replace(opts, max_epochs=1, patience=1, min_delta=0.0,
+                               stop_against="previous")  # fmt: skip
+
+
 def train_mlp(
     splits: PairSplits,
     hidden: Sequence[int],
@@ -295,10 +307,32 @@ def train_mlp(
     ``seed`` drives the weights, batch order and negatives; ``val_seed`` the
     fixed validation negatives (the same for every trial of a study).
     """
+    ((model, history),) = train_mlps_stopped_alike(
+        splits, hidden, loss, anchor, [opts], seed, val_seed, device
+    )
+    return model, history
+
+
+def train_mlps_stopped_alike(
+    splits: PairSplits,
+    hidden: Sequence[int],
+    loss: str,
+    anchor: str,
+    options: Sequence[MLPOptions],
+    seed: int,
+    val_seed: int,
+    device: torch.device,
+) -> list[tuple[SimilarityMLP, TrainHistory]]:
+    """:func:`train_mlp` for each of ``options``, which differ only in their
+    :data:`STOPPING_FIELDS`, from one training run (:func:`learn.common.fit_shared`):
+    each MLP and history is exactly what :func:`train_mlp` gives with its options."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {LOSSES}")
     if anchor not in DIRECTIONS:
         raise ValueError(f"unknown direction {anchor!r}; known: {DIRECTIONS}")
+    opts = options[0]
+    if any(training_key(o) != training_key(opts) for o in options):
+        raise ValueError(f"options that train differently: {options}")
     torch.manual_seed(seed)
     model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(0.9, 0.999))
@@ -322,10 +356,16 @@ def train_mlp(
         schedule.step()
         return total / train.n, validation_loss(model, val, val_negatives, anchor, loss)
 
-    stopper = EarlyStopping(opts.patience, opts.min_delta, opts.stop_against)
+    rules = [
+        (EarlyStopping(o.patience, o.min_delta, o.stop_against), o.max_epochs) for o in options
+    ]
     label = f"{loss} {anchor} {'-'.join(map(str, hidden))}"
-    history = fit(model, opts.max_epochs, stopper, epoch, label)
-    return model, history
+    trained = []
+    for best, history in fit_shared(model, rules, epoch, label):
+        mlp = copy.deepcopy(model)  # (a new SimilarityMLP would draw from torch's RNG)
+        mlp.load_state_dict(best)
+        trained.append((mlp.eval(), history))
+    return trained
 
 
 # ---- retrieval with a trained MLP --------------------------------------------
