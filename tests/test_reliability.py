@@ -176,7 +176,10 @@ def test_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) ->
     assert snakemake(*args, cwd=straight, timeout=1500).returncode == 0
     assert_same_as_reference(straight)
 
-    args = [*tiny_study(killed, n_trials=3), *SCORE_FILES]
+    # Shards one at a time (2 threads each, on --cores 2), so that one can finish while
+    # the other runs; on the CPU they run side by side with 1 thread, and the frozen
+    # image tower gives the same embeddings with any thread count (test_embed).
+    args = [*tiny_study(killed, n_trials=3), *SCORE_FILES, "--set-threads", "embed_shard=2"]
     shards = killed / UNIT / "shards"
     # 1. In the middle of embedding: one shard finished (as Snakemake sees it), one not.
     first = kill_when(args, killed, lambda log: "(Rule: embed_shard)" in log)
