@@ -125,16 +125,22 @@ def benchmark(rule: str, *wildcards: str) -> str:
     return log(rule, *wildcards).replace("/logs/", "/benchmarks/", 1)[: -len(".log")] + ".tsv"
 
 
-def wildcards(artifact: str, file: str) -> dict[str, str]:
-    """The wildcards ``file`` was made from (the inverse of :func:`path`)."""
-    parts = re.split(r"\{(\w+)\}", ARTIFACTS[artifact])
+def match(template: str, file: str) -> dict[str, str] | None:
+    """The wildcards of ``file`` if it ends as ``template`` (``{name}`` patterns), else None."""
+    parts = re.split(r"\{(\w+)\}", template)
     pattern = "".join(
         f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
     )
     found = re.search(f"(?:^|/)({pattern})$", str(file))
+    return None if found is None else found.groupdict()
+
+
+def wildcards(artifact: str, file: str) -> dict[str, str]:
+    """The wildcards ``file`` was made from (the inverse of :func:`path`)."""
+    found = match(ARTIFACTS[artifact], file)
     if found is None:
         raise ValueError(f"{file} is not a {artifact!r} file ({ARTIFACTS[artifact]})")
-    return {k: v for k, v in found.groupdict().items()}
+    return found
 
 
 def unit_of(artifact: str, file: str) -> tuple[str, str]:

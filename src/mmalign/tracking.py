@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -227,13 +226,9 @@ def benchmark_file(rule: str, dataset: str, encoder: str, **extra: str) -> str:
 def benchmark_wildcards(file: str | Path) -> tuple[str, dict[str, str]]:
     """The rule and wildcards of a benchmark file (the inverse of :func:`benchmark_file`)."""
     for rule, (_, names) in STAGE_BENCHMARKS.items():
-        parts = re.split(r"\{(\w+)\}", layout.benchmark(rule, "dataset", "encoder", *names))
-        pattern = "".join(
-            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
-        )
-        found = re.search(f"(?:^|/){pattern}$", str(file))
-        if found:
-            return rule, found.groupdict()
+        found = layout.match(layout.benchmark(rule, "dataset", "encoder", *names), str(file))
+        if found is not None:
+            return rule, found
     raise ValueError(f"{file} is not the benchmark file of a rule in STAGE_BENCHMARKS")
 
 
