@@ -15,7 +15,9 @@ libraries, the inputs and the warm-up are in).
   (each direction searched on its own), and against the floor, one N x d by
   d x N float32 GEMM in torch, blocked as mmalign blocks it (``torch.mm`` into
   the same ``block_rows_for`` blocks, nothing else): targets >= 3x faiss and
-  within 15% of the GEMM.
+  within 15% of the GEMM. The script also prints faiss's time over two GEMMs:
+  where faiss runs each direction at the GEMM's speed (1.0x), any engine that
+  computes every score once is at most 2x faiss, whatever its top-k costs.
 - **Manhattan**: mmalign's numba kernel against faiss
   ``IndexFlat(d, METRIC_L1)``; target >= 1.0x.
 - **chi-square** (faiss has none): mmalign's numba kernel against blocked torch
@@ -279,6 +281,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu", help="mmalign's and the GEMM's: cpu | cuda")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--only", nargs="+", metavar="ENGINE:METRIC",
+                        help="run only these engines (e.g. gemm:cosine mmalign:cosine); "
+                        "ratios need both sides in the same run")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--metric", help=argparse.SUPPRESS)
@@ -307,7 +312,8 @@ def main() -> None:
         np.save(data / "texts.npy", texts)
         del images, texts
         results: dict[tuple[str, str], dict] = {}
-        for engine, metric in ENGINES:
+        chosen = [(e, m) for e, m in ENGINES if not args.only or f"{e}:{m}" in args.only]
+        for engine, metric in chosen:
             r = spawn(args, data, engine, metric)
             results[engine, metric] = r
             runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
@@ -318,6 +324,8 @@ def main() -> None:
         print("ratios (peer time / mmalign time; > 1: mmalign faster):")
         missed = []
         for metric, peer, target, label in TARGETS:
+            if ("mmalign", metric) not in results or (peer, metric) not in results:
+                continue
             ours, theirs = results["mmalign", metric], results[peer, metric]
             ratio = theirs["best"] / ours["best"]
             agree = agreement(data, "mmalign", peer, metric)
@@ -327,14 +335,25 @@ def main() -> None:
                 f"  {metric:<9} {label:<28} {ratio:6.2f}x  (target >= {target:.1f}x: "
                 f"{'met' if ok else 'MISSED'}; top-1 agreement {agree:.4f})"
             )
-        gemm = results["gemm", "cosine"]["best"]
+        gemm = results["gemm", "cosine"]["best"] if ("gemm", "cosine") in results else None
         for metric in ("cosine", "euclidean"):
+            if gemm is None or ("mmalign", metric) not in results:
+                continue
             over = results["mmalign", metric]["best"] / gemm
             ok = over <= GEMM_SLACK
             missed += [] if ok else [f"{metric} vs GEMM"]
             print(
                 f"  {metric:<9} {'mmalign / one GEMM':<28} {over:6.2f}x  (target <= "
                 f"{GEMM_SLACK:.2f}x: {'met' if ok else 'MISSED'})"
+            )
+        for metric in ("cosine", "euclidean"):
+            if gemm is None or ("faiss", metric) not in results:
+                continue
+            print(
+                f"  {metric:<9} {'faiss / two GEMMs':<28} "
+                f"{results['faiss', metric]['best'] / (2 * gemm):6.2f}x  (faiss searches each "
+                "direction; at 1.0x it runs at the GEMM's speed, and no engine that computes "
+                "every score once can beat it by more than 2x)"
             )
     if missed and args.check:
         raise SystemExit(f"targets missed: {', '.join(missed)}")

@@ -210,3 +210,35 @@ def test_calibrated_cosines() -> None:
     assert cos[~np.eye(60, dtype=bool)].mean() < 0  # non-matching pairs: negative on average
     raw = 1 - cdist(shifted.text, shifted.image, "cosine")
     assert raw[~np.eye(60, dtype=bool)].mean() > 0.9
+
+
+def lexsort_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k best columns: value descending, lower index first among ties."""
+    columns = np.arange(scores.shape[1])
+    return np.array([np.lexsort((columns, -row))[:k] for row in scores])
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_block_topk_engines_break_ties_by_index(k: int) -> None:
+    """The numba kernels (CPU) and the torch ops (any device) give the lexsort top-k
+    on scores with many exact ties, row by row and, across blocks, column by column."""
+    from mmalign.retrieval import _block_topk, _columns_topk, _cpu_block_topk, _merge_columns
+
+    rng = np.random.default_rng(k)
+    scores = rng.integers(-3, 4, size=(23, 31)).astype(np.float32)  # 7 values: ties everywhere
+    top = min(k, 31)
+    for values, indices in (_cpu_block_topk(torch.from_numpy(scores), k),
+                            _block_topk(torch.from_numpy(scores), k, 0)):  # fmt: skip
+        np.testing.assert_array_equal(indices.numpy(), lexsort_topk(scores, top))
+        np.testing.assert_array_equal(values.numpy(), -np.sort(-scores, axis=1)[:, :top])
+    expected = lexsort_topk(scores.T, min(k, 23))
+    cv = np.full((31, min(k, 23)), -np.inf, dtype=np.float32)
+    ci = np.full((31, min(k, 23)), -1, dtype=np.int64)
+    tv, ti = torch.full((31, 0), -torch.inf), torch.empty((31, 0), dtype=torch.long)
+    for start in range(0, 23, 5):  # blocks of 5 query rows
+        block = scores[start : start + 5]
+        _columns_topk(block, start, cv, ci)
+        tv, ti = _merge_columns(torch.from_numpy(block), k, start, tv, ti)
+    np.testing.assert_array_equal(ci, expected)
+    np.testing.assert_array_equal(ti.numpy(), expected)
+    np.testing.assert_array_equal(cv, tv.numpy())

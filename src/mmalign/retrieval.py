@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -149,7 +150,7 @@ def _ordered(
 
 
 def _block_topk(scores: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k of each row, ties broken by lower column index."""
+    """Exact top-k of each row, ties broken by lower column index (torch ops: any device)."""
     k = min(k, scores.shape[1])
     # A tie straddles the k-th place exactly when the k-th and (k+1)-th values are equal.
     values, indices = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
@@ -159,6 +160,83 @@ def _block_topk(scores: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor
             values[row, :k], indices[row, :k] = order.values[:k], order.indices[:k]
     values, indices = _ordered(values[:, :k], indices[:, :k], k)
     return values, indices + offset
+
+
+@numba.njit(inline="always")
+def _insert(
+    values: np.ndarray, indices: np.ndarray, filled: int, s: float, j: int
+) -> None:  # pragma: no cover
+    """Put (s, j) into its place in a best-first list (value descending) of
+    ``filled`` entries, dropping its last one when full: items arrive in
+    increasing index, so an equal value stays behind the ones before it."""
+    p = min(filled, len(values) - 1)
+    while p > 0 and values[p - 1] < s:
+        values[p], indices[p] = values[p - 1], indices[p - 1]
+        p -= 1
+    values[p], indices[p] = s, j
+
+
+@numba.njit(parallel=True, cache=True)
+def _rows_topk(
+    block: np.ndarray, values: np.ndarray, indices: np.ndarray
+) -> None:  # pragma: no cover
+    k = values.shape[1]
+    for r in numba.prange(block.shape[0]):
+        v, ix = values[r], indices[r]
+        for j in range(k):  # the first k fill the list
+            _insert(v, ix, j, block[r, j], j)
+        last = v[k - 1]
+        for j in range(k, block.shape[1]):
+            if block[r, j] > last:  # almost every score fails this one test
+                _insert(v, ix, k, block[r, j], j)
+                last = v[k - 1]
+
+
+@numba.njit(parallel=True, cache=True)
+def _columns_topk(
+    block: np.ndarray, offset: int, values: np.ndarray, indices: np.ndarray
+) -> None:  # pragma: no cover
+    """Merge each column of ``block`` (its rows are items offset, offset + 1, ...)
+    into that column's running list (full once k rows are in); columns in chunks,
+    so each thread owns its lists and reads the block row-major, comparing with a
+    contiguous copy of the lists' last values."""
+    n_cols, k, chunk = block.shape[1], values.shape[1], 4096  # 4096: fastest of 512-6250
+    for c in numba.prange((n_cols + chunk - 1) // chunk):
+        lo, hi = c * chunk, min(n_cols, (c + 1) * chunk)
+        last = values[lo:hi, k - 1].copy()
+        for r in range(block.shape[0]):
+            item, row = offset + r, block[r, lo:hi]
+            if item < k:  # the first k items fill the lists
+                for t in range(hi - lo):
+                    _insert(values[lo + t], indices[lo + t], item, row[t], item)
+                    last[t] = values[lo + t, k - 1]
+                continue
+            for t in range(hi - lo):
+                if row[t] > last[t]:  # almost every score fails this one test
+                    _insert(values[lo + t], indices[lo + t], k, row[t], item)
+                    last[t] = values[lo + t, k - 1]
+
+
+def _empty_lists(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+
+
+def _cpu_block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_block_topk` of a CPU block in one numba pass: a score enters a row's
+    list only when it beats the list's last (one comparison for almost every score).
+    Scores must not be NaN (torch's top-k ranks NaN first; these kernels do not)."""
+    values, indices = _empty_lists(block.shape[0], min(k, block.shape[1]))
+    _rows_topk(block.numpy(), values, indices)
+    return torch.from_numpy(values), torch.from_numpy(indices)
+
+
+def _merge_columns(
+    block: torch.Tensor, k: int, offset: int, values: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_columns_topk` in torch ops (any device): the running lists merged with
+    the top-k of the block's columns."""
+    v, i = _block_topk(block.T.contiguous(), k, offset)  # contiguous: 3x faster than strided
+    return _ordered(torch.cat([values, v], 1), torch.cat([indices, i], 1), k)
 
 
 def topk(
@@ -175,7 +253,7 @@ def topk(
     for start in range(0, len(q), rows):
         chunk = q[start : start + rows].to(device)
         block = scorer.block(chunk, buffer[: len(chunk)])
-        v, i = _block_topk(block, k, 0)
+        v, i = _cpu_block_topk(block, k) if device.type == "cpu" else _block_topk(block, k, 0)
         out_v.append(v.clone())
         out_i.append(i.clone())
     return scorer.values(torch.cat(out_v)).cpu().numpy(), torch.cat(out_i).cpu().numpy()
@@ -185,23 +263,31 @@ def topk_both_directions(
     scorer: Scorer, queries: np.ndarray, k: int, block_mb: float = 256
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Top-k of queries over the gallery and of gallery items over the queries,
-    from one pass of score blocks (the metric must be symmetric)."""
+    from one pass of score blocks (the metric must be symmetric). On the CPU both
+    lists are kept by numba kernels reading each block once per direction; on
+    another device by torch's top-k (the block transposed for the columns)."""
     device = getattr(scorer, "block_device", torch.device("cpu"))
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     n_gallery = len(scorer.gallery)
     rows = block_rows_for(n_gallery, block_mb)
     buffer = torch.empty(rows, n_gallery, device=device)
     row_v, row_i = [], []
-    col_v = torch.full((n_gallery, 0), -torch.inf, device=device)
-    col_i = torch.empty((n_gallery, 0), dtype=torch.long, device=device)
+    if device.type == "cpu":
+        col_v, col_i = map(torch.from_numpy, _empty_lists(n_gallery, min(k, len(q))))
+    else:
+        col_v = torch.full((n_gallery, 0), -torch.inf, device=device)
+        col_i = torch.empty((n_gallery, 0), dtype=torch.long, device=device)
     for start in range(0, len(q), rows):
         stop = min(start + rows, len(q))
         block = scorer.block(q[start:stop].to(device), buffer[: stop - start])
-        v, i = _block_topk(block, k, 0)
+        if device.type == "cpu":
+            v, i = _cpu_block_topk(block, k)
+            _columns_topk(block.numpy(), start, col_v.numpy(), col_i.numpy())
+        else:
+            v, i = _block_topk(block, k, 0)
+            col_v, col_i = _merge_columns(block, k, start, col_v, col_i)
         row_v.append(v.clone())
         row_i.append(i.clone())
-        v, i = _block_topk(block.T.contiguous(), k, start)  # contiguous: 3x faster than strided
-        col_v, col_i = _ordered(torch.cat([col_v, v], 1), torch.cat([col_i, i], 1), k)
     rows_out = (scorer.values(torch.cat(row_v)).cpu().numpy(), torch.cat(row_i).cpu().numpy())
     return rows_out, (scorer.values(col_v).cpu().numpy(), col_i.cpu().numpy())
 
