@@ -5,8 +5,9 @@ forward (``mmalign.embed.embed_images``); the peer, measured in the same run,
 is the same model and batch size on random tensors already in memory, which
 no pipeline can beat. Text likewise: tokenise + forward against forward on
 pre-tokenised batches. Prints each rate and the ratio (target >= 0.8). On the
-CPU, with ``embed.cpu_inference: freeze``, the ceiling is the frozen graph's,
-and the frozen graph's forward is also printed against eager PyTorch's.
+CPU the ceiling is the configured ``embed.cpu_inference`` engine's (ONNX
+Runtime by default), and the forward of every engine (onnx, freeze, eager)
+is printed as a ratio against eager PyTorch's, all in the same run.
 
     python benchmarks/embed.py [--images 512] [--texts 4096] [--encoder minilm_effnet]
 """
@@ -23,7 +24,7 @@ import torch
 
 from mmalign.config import load_config
 from mmalign.devices import torch_device
-from mmalign.embed import EmbedOptions, embed_images, embed_texts, frozen_forward
+from mmalign.embed import CPU_FORWARD, EmbedOptions, embed_images, embed_texts
 from mmalign.encoders import build_encoder
 from mmalign.images import probe_image
 
@@ -93,14 +94,17 @@ def main() -> None:
     embed_images(encoder, paths[: opts.batch_size], opts)  # warm-up
     _, e2e = embed_images(encoder, paths, opts)
     tower = encoder.image
-    frozen = opts.cpu_inference == "freeze" and device.type == "cpu"
-    forward = frozen_forward(tower) if frozen else tower.forward
+    cpu = device.type == "cpu"
+    forward = CPU_FORWARD[opts.cpu_inference](tower) if cpu else tower.forward
     ceiling = forward_only_images(forward, tower.input_size, len(paths), opts)
     report("images", e2e, ceiling)
-    if frozen:
-        eager = forward_only_images(tower.forward, tower.input_size, len(paths), opts)
-        print(f"image forward: frozen TorchScript {ceiling:.1f}/s, eager PyTorch "
-              f"{eager:.1f}/s, ratio {ceiling / eager:.2f}")  # fmt: skip
+    if cpu:
+        rates = {
+            engine: forward_only_images(build(tower), tower.input_size, len(paths), opts)
+            for engine, build in CPU_FORWARD.items()
+        }
+        for engine, rate in rates.items():
+            print(f"image forward, {engine}: {rate:.1f}/s = {rate / rates['eager']:.2f}x eager")
 
     words = ["a", "red", "cat", "sleeping", "on", "the", "big", "blue", "boat", "near", "a"]
     words += ["small", "house", "with", "a", "flag"]

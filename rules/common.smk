@@ -61,9 +61,11 @@ MANIFESTS = [path("manifest", dataset=d) for d in DATASETS]
 COMPUTED, PRECOMPUTED, ADAPTED_FROM = embedding_plan(config["encoders"])
 
 
-# Shards per (dataset, encoder); change with --set-scatter embed=N.
+# Shards per (dataset, encoder); change with --set-scatter embed=N. Two run side
+# by side on a 2-core CPU; more only add start-ups (about 10 s each: imports,
+# models, the frozen graph), so raise it where there are more GPUs or cores.
 scattergather:
-    embed=8,
+    embed=2,
 
 
 def names_regex(names):

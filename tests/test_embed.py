@@ -218,13 +218,15 @@ def test_adapted_encoders_reuse_their_twin() -> None:
     assert "adapter" not in computed["lonely-raw"]
 
 
-def test_frozen_cpu_inference_equals_eager_within_tolerance(setup) -> None:
-    """The default CPU path (a frozen TorchScript graph) against eager PyTorch, on
-    the default encoder's real EfficientNet-Lite0 weights: every embedding within
-    1e-5 of eager relative to its norm, and independent of batch size and threads."""
+@pytest.mark.parametrize("engine", ["onnx", "freeze"])
+def test_cpu_inference_equals_eager_within_tolerance(setup, engine: str) -> None:
+    """The CPU paths (ONNX Runtime, the default; a frozen TorchScript graph) against
+    eager PyTorch, on the default encoder's real EfficientNet-Lite0 weights: every
+    embedding within 1e-5 of eager relative to its norm, and independent of batch
+    size and threads."""
     from skimage.data import astronaut, chelsea
 
-    from mmalign.embed import frozen_forward
+    from mmalign.embed import CPU_FORWARD
     from mmalign.encoders import build_timm
 
     tower = build_timm(
@@ -241,22 +243,21 @@ def test_frozen_cpu_inference_equals_eager_within_tolerance(setup) -> None:
     pixels = torch.stack([tower.transform(im) for im in images])
     with torch.inference_mode():
         eager = tower.module(pixels)
-    forward = frozen_forward(tower)
+        fast = CPU_FORWARD[engine](tower)(pixels)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
+        forward = CPU_FORWARD[engine](tower)  # ONNX Runtime takes torch's thread count
         with torch.inference_mode():
             one_thread = forward(pixels)
             singles = torch.cat([forward(pixels[i : i + 1]) for i in range(len(pixels))])
     finally:
         torch.set_num_threads(threads)
-    with torch.inference_mode():
-        frozen = forward(pixels)
-    relative = (frozen - eager).norm(dim=1) / eager.norm(dim=1)
+    relative = (fast - eager).norm(dim=1) / eager.norm(dim=1)
     assert relative.max() < 1e-5, relative.max()
-    assert not torch.equal(frozen, eager)  # a different graph did run
-    torch.testing.assert_close(one_thread, frozen, rtol=0, atol=0)
-    torch.testing.assert_close(singles, frozen, rtol=0, atol=0)
+    assert not torch.equal(fast, eager)  # a different graph did run
+    torch.testing.assert_close(one_thread, fast, rtol=0, atol=0)
+    torch.testing.assert_close(singles, fast, rtol=0, atol=0)
 
 
 def test_eager_cpu_inference_is_the_modules_own_forward(setup) -> None:

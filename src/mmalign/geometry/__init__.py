@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import ot
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
@@ -202,6 +201,8 @@ def wasserstein2_squared(x: np.ndarray, y: np.ndarray, num_itermax: int | None =
     :class:`GeometryError` when the network simplex stops before optimality,
     rather than returning a bound. A cost that rounds below 0 is returned as 0.
     """
+    import ot  # POT imports scikit-learn: a second per job, for the jobs that need W2 only
+
     _require_same_space(x, y, "Wasserstein-2")
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
