@@ -111,6 +111,7 @@ def platform_fingerprint() -> dict[str, str]:
     """What decides the bits of the tiny study's floats, besides the code."""
     import platform
 
+    import onnxruntime
     import pyarrow
     import torch
 
@@ -118,6 +119,7 @@ def platform_fingerprint() -> dict[str, str]:
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,  # embed.cpu_inference: onnx
         "numpy": np.__version__,
         "pyarrow": pyarrow.__version__,
         "pandas": pd.__version__,
