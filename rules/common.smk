@@ -44,6 +44,20 @@ SCORING_GPU = gpu_resources(config["retrieval"]["device"])
 EMBED_GPU = gpu_resources(config["embed"]["device"])
 LEARN_GPU = gpu_resources(config["learn"]["device"])
 LEARN_VARIANTS = config["learn"]["variants"]
+
+
+# The threads of the analysis rules (retrieval_protocol, gap_shift, geometry,
+# aligned_geometry, representation_similarity) when this machine runs them: at
+# most half its cores, so that two run side by side. At the default study's size
+# a second thread barely helps any of them (on 2 cores, alone, 2 threads vs 1:
+# geometry 70 vs 78 s, aligned_geometry 30 vs 33, retrieval_protocol 19 vs 18,
+# gap_shift 30 vs 26, representation_similarity 13 vs 12), while jobs holding
+# both cores ran one at a time. Cluster jobs (and the jobs they run) keep `n`.
+def analysis_threads(n):
+    cores = workflow.resource_settings.cores
+    if not (workflow.is_main_process and workflow.local_exec) or not cores:
+        return n
+    return max(1, min(n, cores // 2))
 # The align variant's heads are trained: rule aligned_geometry draws Figures 2-5
 # in their shared space, and the raw figures that are n/a point to those.
 ALIGNED = "align" in LEARN_VARIANTS

@@ -16,7 +16,7 @@ rule gap_shift:
         layout.benchmark("gap_shift", "dataset", "encoder")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: analysis_threads(2)
     resources:
         **SCORING_GPU,
         mem_mb=scaled("gap_shift", "mem_mb", config),

@@ -23,7 +23,7 @@ rule geometry:
     conda:
         "../envs/torch.yaml"
     # Exact W2 batches run in parallel, one process each (~0.6 GB per 5,000-pair batch).
-    threads: 8
+    threads: analysis_threads(8)
     resources:
         mem_mb=scaled("geometry", "mem_mb", config),
         runtime=scaled("geometry", "runtime", config),
@@ -123,7 +123,7 @@ rule aligned_geometry:
         layout.benchmark("aligned_geometry", "dataset", "encoder")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: analysis_threads(2)
     resources:
         mem_mb=4000,
         runtime=30,

@@ -63,6 +63,9 @@ rule mlp_ablation:
         layout.log("mlp_ablation", "dataset", "encoder"),
     benchmark:
         layout.benchmark("mlp_ablation", "dataset", "encoder")
+    # The longest jobs after embedding: started first, the short ones fill the
+    # other core beside them instead of leaving them to run alone at the end.
+    priority: 5
     conda:
         "../envs/torch.yaml"
     threads: 1

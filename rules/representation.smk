@@ -15,7 +15,7 @@ rule representation_similarity:
         layout.benchmark("representation_similarity", "dataset", "encoder")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: analysis_threads(2)
     resources:
         mem_mb=scaled("representation_similarity", "mem_mb", config),
         runtime=scaled("representation_similarity", "runtime", config),

@@ -18,7 +18,7 @@ rule retrieval_protocol:
         protocol=names_regex(layout.PROTOCOLS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: analysis_threads(2)
     resources:
         **SCORING_GPU,
         mem_mb=scaled("retrieval_protocol", "mem_mb", config),

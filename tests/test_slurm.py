@@ -147,7 +147,7 @@ def test_a_retried_job_asks_for_more(tmp_path: Path) -> None:
 
 
 def declared_threads(rule: str) -> int:
-    match = re.search(r"^\s+threads: (\d+)", rule_blocks()[rule], re.M)
+    match = re.search(r"^\s+threads: (?:analysis_threads\()?(\d+)", rule_blocks()[rule], re.M)
     return int(match.group(1)) if match else 1
 
 

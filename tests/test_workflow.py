@@ -62,6 +62,32 @@ def test_paper_config_plans_the_full_grid() -> None:
         assert f"results/{dataset}/manifest.parquet" in plan.stdout
 
 
+def planned_threads(cores: int) -> dict[str, int]:
+    """rule -> the threads of its jobs in a dry run of the default study on ``cores``
+    (Snakemake prints threads only above 1)."""
+    proc = snakemake("-n", "--forceall", "--cores", str(cores))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    threads = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        if rule := re.match(r"(?:local)?rule (\w+):", block):
+            found = re.search(r"^\s+threads: (\d+)$", block, re.M)
+            threads[rule.group(1)] = int(found.group(1)) if found else 1
+    return threads
+
+
+def test_analysis_jobs_run_side_by_side_on_a_small_machine() -> None:
+    """On 2 cores every analysis job takes one, so two run at once; on 8 they take
+    their declared threads, up to half the cores."""
+    declared = {"retrieval_protocol": 2, "gap_shift": 2, "geometry": 8,
+                "aligned_geometry": 2, "representation_similarity": 2}  # fmt: skip
+    two, eight = planned_threads(2), planned_threads(8)
+    assert {rule: two[rule] for rule in declared} == dict.fromkeys(declared, 1)
+    assert {rule: eight[rule] for rule in declared} == {
+        rule: min(n, 4) for rule, n in declared.items()
+    }
+    assert max(two.values()) == 1  # nothing on the CPU holds both cores
+
+
 def test_bad_config_stops_with_the_key(tmp_path: Path) -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["datasets"]["openclipart"]["captons"] = "all"
