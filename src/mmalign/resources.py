@@ -369,9 +369,11 @@ ASSUMED_DIM = 1280
 
 # Default run (N = 4,312): the fixed parts, in s and MB.
 RETRIEVAL_FIXED = Cost(5.6, 750)  # minilm_effnet full/subset: 5.6-6.0 s, 712-796 MB
-EMBED_FIXED = Cost(15.0, 2100)  # 8 shards of 539: 52-60 s, 1,784-2,099 MB
-IMAGES_PER_S = 13.1  # meta.json images_per_s (EfficientNet-Lite0, 2 threads)
-CAPTIONS_PER_S = 175.0  # meta.json texts_per_s (MiniLM)
+# embed_shard: 2 shards of 2,156 (ONNX Runtime, 1 thread): 86-109 s, 1,415-1,444 MB;
+# the MB kept from the frozen graph's 8 shards of 539 (1,784-2,099 MB), the larger.
+EMBED_FIXED = Cost(10.0, 2100)
+IMAGES_PER_S = 31.0  # the slower shard's log: images/s (EfficientNet-Lite0)
+CAPTIONS_PER_S = 88.0  # the slower shard's log: captions/s (MiniLM)
 MERGE_FIXED = Cost(5.0, 550)  # embed_merge: 5.9 s, 634 MB for 28.7 MB of embeddings
 MERGE_MB_PER_S = 50.0  # estimated: read the shards, write the matrices
 ADAPT_FIXED = Cost(6.0, 700)  # adapt: 8.8 s, 822 MB
@@ -637,7 +639,7 @@ def tables(input_mb: float, rule: str) -> Cost:
 TABLE_RULES = frozenset({"retrieval", "error_analysis", "paired"})
 
 
-def scatter_count(scatteritem: str | None, default: int = 8) -> int:
+def scatter_count(scatteritem: str | None, default: int = 2) -> int:
     """N of a scatteritem ``i-of-N``."""
     try:
         return max(1, int(str(scatteritem).rsplit("-of-", 1)[1]))
@@ -747,7 +749,7 @@ def synthetic_requests(
     dim: int = 512,
     test_share: float = 0.1,
     threads: Mapping[str, int] | None = None,
-    shards: int = 8,
+    shards: int = 2,
 ) -> dict[str, Request]:
     """The first-attempt request of every grown rule for a study of ``images``
     images with ``captions_per_image`` captions each, both modalities ``dim``-d,
