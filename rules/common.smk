@@ -58,6 +58,8 @@ def analysis_threads(n):
     if not (workflow.is_main_process and workflow.local_exec) or not cores:
         return n
     return max(1, min(n, cores // 2))
+
+
 # The align variant's heads are trained: rule aligned_geometry draws Figures 2-5
 # in their shared space, and the raw figures that are n/a point to those.
 ALIGNED = "align" in LEARN_VARIANTS
@@ -77,7 +79,7 @@ COMPUTED, PRECOMPUTED, ADAPTED_FROM = embedding_plan(config["encoders"])
 
 # Shards per (dataset, encoder); change with --set-scatter embed=N. Two run side
 # by side on a 2-core CPU; more only add start-ups (about 10 s each: imports,
-# models, the frozen graph), so raise it where there are more GPUs or cores.
+# models, the ONNX export), so raise it where there are more GPUs or cores.
 scattergather:
     embed=2,
 

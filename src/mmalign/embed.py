@@ -148,7 +148,7 @@ def onnx_forward(tower: ImageTower) -> Callable[[torch.Tensor], torch.Tensor]:
     The export traces the module on one input of the tower's size (batch
     dimension left free) into memory; ONNX Runtime then fuses each batch norm
     into its convolution and runs its own CPU kernels with as many threads as
-    torch has. For EfficientNet-Lite0 that is about 1.7x the frozen TorchScript
+    torch has. For EfficientNet-Lite0 that is about 1.8x the frozen TorchScript
     graph, every embedding within 1e-5 of eager relative to its norm, and the
     result depends on neither the batch size nor the thread count (tested).
     Towers whose forward is not one ``nn.Module`` run eagerly.
