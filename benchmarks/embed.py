@@ -94,17 +94,17 @@ def main() -> None:
     embed_images(encoder, paths[: opts.batch_size], opts)  # warm-up
     _, e2e = embed_images(encoder, paths, opts)
     tower = encoder.image
-    cpu = device.type == "cpu"
-    forward = CPU_FORWARD[opts.cpu_inference](tower) if cpu else tower.forward
-    ceiling = forward_only_images(forward, tower.input_size, len(paths), opts)
-    report("images", e2e, ceiling)
-    if cpu:
+    if device.type == "cpu":
         rates = {
             engine: forward_only_images(build(tower), tower.input_size, len(paths), opts)
             for engine, build in CPU_FORWARD.items()
         }
+        report("images", e2e, rates[opts.cpu_inference])
         for engine, rate in rates.items():
             print(f"image forward, {engine}: {rate:.1f}/s = {rate / rates['eager']:.2f}x eager")
+    else:
+        ceiling = forward_only_images(tower.forward, tower.input_size, len(paths), opts)
+        report("images", e2e, ceiling)
 
     words = ["a", "red", "cat", "sleeping", "on", "the", "big", "blue", "boat", "near", "a"]
     words += ["small", "house", "with", "a", "flag"]

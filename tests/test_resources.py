@@ -19,7 +19,7 @@ from numpy.lib import format as npy
 from mmalign import layout, resources
 from mmalign.config import load_config, schema_defaults
 
-from .test_workflow import ROOT, snakemake
+from .test_workflow import ROOT, dry_run_jobs, snakemake
 
 CONFIG = load_config(str(ROOT / "config.yaml"))
 # Every rule the model sizes from embeddings, with the wildcards that matter.
@@ -284,13 +284,12 @@ def planned(folder: Path) -> dict[tuple[str, str], dict[str, int]]:
     proc = snakemake("-n", "--directory", str(folder), cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
+    for rule, block in dry_run_jobs(proc.stdout):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
         items = dict(i.split("=", 1) for i in res.group(1).split(", ") if "=" in i) if res else {}
-        if rule and "mem_mb" in items:
-            key = (rule.group(1), wc.group(1) if wc else "")
+        if "mem_mb" in items:
+            key = (rule, wc.group(1) if wc else "")
             jobs[key] = {k: int(items[k]) for k in ("mem_mb", "runtime")}
     return jobs
 

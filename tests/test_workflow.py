@@ -62,16 +62,24 @@ def test_paper_config_plans_the_full_grid() -> None:
         assert f"results/{dataset}/manifest.parquet" in plan.stdout
 
 
+def dry_run_jobs(stdout: str) -> list[tuple[str, str]]:
+    """(rule, its block of lines) for every job a dry run printed."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
+        if rule := re.match(r"(?:local)?rule (\w+):", block):
+            jobs.append((rule.group(1), block))
+    return jobs
+
+
 def planned_threads(cores: int) -> dict[str, int]:
     """rule -> the threads of its jobs in a dry run of the default study on ``cores``
     (Snakemake prints threads only above 1)."""
     proc = snakemake("-n", "--forceall", "--cores", str(cores))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     threads = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
-        if rule := re.match(r"(?:local)?rule (\w+):", block):
-            found = re.search(r"^\s+threads: (\d+)$", block, re.M)
-            threads[rule.group(1)] = int(found.group(1)) if found else 1
+    for rule, block in dry_run_jobs(proc.stdout):
+        found = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        threads[rule] = int(found.group(1)) if found else 1
     return threads
 
 
