@@ -23,6 +23,7 @@ from mmalign.embed import (
     embed_images,
     embed_shard,
     embed_texts,
+    length_batches,
     merge_shards,
     parse_scatteritem,
     pca_fit,
@@ -86,6 +87,40 @@ def test_split_manifest_links_captions_to_images() -> None:
     images, texts = split_manifest(manifest)
     assert images["image_id"].tolist() == ["b", "a"]  # order of first appearance
     assert texts["image_row"].tolist() == [0, 0, 1]
+
+
+def test_length_batches_sort_cap_and_split_at_half_the_longest() -> None:
+    texts = ["aaaa", "b" * 20, "cc", "d" * 9, "", "e" * 10, "f" * 4, "g" * 11]
+    batches = [b.tolist() for b in length_batches(texts, 3)]
+    # lengths 20 11 10 (the cap) | 9 (4 is less than half of it) | 4 4 2 (the cap) | 0
+    assert batches == [[1, 7, 5], [3], [0, 6, 2], [4]]
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    assert [b.tolist() for b in length_batches(["xy"] * 5, 2)] == [[0, 1], [2, 3], [4]]
+    assert length_batches([], 4) == []
+
+
+def test_captions_batch_by_length_and_come_back_in_order(setup) -> None:
+    _, _, encoder = setup
+    captions = ["a", "a much longer caption with many more words in it", "two words",
+                "x " * 40, "cat", "a dog on a mat", "", "sun and moon"]  # fmt: skip
+    seen: list[list[str]] = []
+    tokenize = encoder.text.tokenize
+
+    def recording(batch: list[str]) -> dict[str, torch.Tensor]:
+        seen.append(batch)
+        return tokenize(batch)
+
+    batched, _ = embed_texts(
+        dataclasses.replace(encoder, text=dataclasses.replace(encoder.text, tokenize=recording)),
+        captions,
+        OPTS,
+    )
+    # Longest first, ties in input order; each batch pads to its own longest.
+    assert [len(t) for b in seen for t in b] == sorted(map(len, captions), reverse=True)
+    one_by_one, _ = embed_texts(encoder, captions, dataclasses.replace(OPTS, text_batch_size=1))
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+    alone = [embed_texts(encoder, [c], OPTS)[0][0] for c in captions[:2]]
+    np.testing.assert_allclose(batched[:2], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_shards_merge_to_the_unsharded_result_in_any_order(setup) -> None:

@@ -153,7 +153,8 @@ def test_converge_stops_on_no_better_than_the_best(monkeypatch: pytest.MonkeyPat
     losses = [1.0, 0.8, 0.9, 0.79, 0.85, 0.80, 0.82, 0.81, 0.78, 0.77]
     seen = iter(losses)
     monkeypatch.setattr(mlp, "validation_loss", lambda *args, **kw: next(seen))
-    opts = dataclasses.replace(OPTS, converge_epochs=len(losses), converge_patience=3)
+    opts = dataclasses.replace(OPTS, converge_epochs=len(losses), converge_patience=3,
+                               converge_min_delta=0.0)  # fmt: skip
     converge = {v.name: v for v in variants(BASE, opts)}["converge"].opts
     _, history = train_mlp(tiny(), [8], "contrastive", "t2i", converge, 0, 1, CPU)
     assert history.val_losses == losses[:7] and history.best_epoch == 3
@@ -163,6 +164,22 @@ def test_converge_stops_on_no_better_than_the_best(monkeypatch: pytest.MonkeyPat
     previous = dataclasses.replace(converge, stop_against="previous")
     _, history = train_mlp(tiny(), [8], "contrastive", "t2i", previous, 0, 1, CPU)
     assert history.val_losses == losses and history.best_epoch == 9
+
+
+def test_converge_ignores_gains_below_min_delta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a plateau that creeps down by 0.02% an epoch, `converge` with min_delta
+    0.1% stops after the patience (the last gain that counts is epoch 2's; 0.4997,
+    3 epochs on, is only 0.06% below it) and keeps the lowest loss it saw; with
+    min_delta 0 every epoch counts and it trains to the cap."""
+    losses = [1.0, 0.5, 0.4999, 0.4998, 0.4997, 0.4996, 0.4995, 0.4994]
+    for min_delta, ran, best in ((1e-3, 5, 4), (0.0, 8, 7)):
+        seen = iter(losses)
+        monkeypatch.setattr(mlp, "validation_loss", lambda *args, seen=seen, **kw: next(seen))
+        opts = dataclasses.replace(OPTS, converge_epochs=len(losses), converge_patience=3,
+                                   converge_min_delta=min_delta)  # fmt: skip
+        converge = {v.name: v for v in variants(BASE, opts)}["converge"].opts
+        _, history = train_mlp(tiny(), [8], "contrastive", "t2i", converge, 0, 1, CPU)
+        assert history.val_losses == losses[:ran] and history.best_epoch == best
 
 
 def test_balanced_weighting_by_hand() -> None:

@@ -226,19 +226,42 @@ def embed_images(
     return out, len(paths) / elapsed if elapsed > 0 else float("inf")
 
 
+def length_batches(texts: list[str], size: int) -> list[np.ndarray]:
+    """Row indices of ``texts`` in batches for :func:`embed_texts`: longest first
+    (ties in input order), at most ``size`` a batch, and a batch ends before a
+    caption less than half as long as its first, so no caption pads to more
+    than twice its length (lengths in characters, a proxy for tokens)."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    batches: list[np.ndarray] = []
+    lo = 0
+    for hi in range(1, len(order) + 1):
+        if hi == len(order) or hi - lo == size or 2 * len(texts[order[hi]]) < len(texts[order[lo]]):
+            batches.append(order[lo:hi])
+            lo = hi
+    return batches
+
+
 def embed_texts(
     encoder: Encoder, texts: list[str], opts: EmbedOptions, desc: str = "captions"
 ) -> tuple[np.ndarray, float]:
-    """Embed captions in order; returns (features float32, captions per second)."""
+    """Embed captions; returns (features float32 in the order of ``texts``, captions
+    per second).
+
+    Captions run longest first (as sentence-transformers orders them) in batches
+    of :func:`length_batches`, so a batch pads to little more than its own
+    captions: on OpenClipArt, titles of ~6 tokens with a few of 100+, that
+    takes ~35% off the time. Padding is masked, so a caption's embedding does
+    not depend on its batch beyond float rounding (tested against one caption
+    at a time)."""
     device = torch_device(opts.device, "embed.device")
     tower = encoder.text
     out = np.empty((len(texts), tower.dim), dtype=np.float32)
     start = time.perf_counter()
-    step = opts.text_batch_size
     with torch.inference_mode(), _autocast(device, opts.amp):
-        for lo in tqdm(range(0, len(texts), step), desc=desc, unit="batch", mininterval=2):
-            batch = {k: v.to(device) for k, v in tower.tokenize(texts[lo : lo + step]).items()}
-            out[lo : lo + step] = tower.forward(batch).float().cpu().numpy()
+        for rows in tqdm(length_batches(texts, opts.text_batch_size), desc=desc, unit="batch",
+                         mininterval=2):  # fmt: skip
+            batch = {k: v.to(device) for k, v in tower.tokenize([texts[i] for i in rows]).items()}
+            out[rows] = tower.forward(batch).float().cpu().numpy()
     elapsed = time.perf_counter() - start
     return out, len(texts) / elapsed if elapsed > 0 else float("inf")
 
