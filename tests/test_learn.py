@@ -34,6 +34,7 @@ from mmalign.learn.common import (
     LearnError,
     PairSplit,
     PairSplits,
+    fused_on,
     pair_splits,
     paper_lr_factor,
     result_frame,
@@ -267,6 +268,29 @@ def test_a_tiny_run_is_bit_identical_under_a_seed() -> None:
         assert torch.equal(value, heads[1].state_dict()[key]), key
     other, _ = train_mlp(splits, [9, 5], "contrastive", "i2t", tiny_opts(), 4, 4, CPU)
     assert not torch.equal(other.input.weight, a.input.weight)
+
+
+def test_the_fused_optimiser_trains_as_the_per_parameter_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch's fused Adam/AdamW (one kernel a step) against its reference
+    implementation (``fused=None``: a pass per operation and parameter): the same
+    weights up to float rounding."""
+    splits = random_splits((40, 10, 10), 5, 3)
+
+    def both() -> tuple[SimilarityMLP, torch.nn.Module]:
+        mlp_model, _ = train_mlp(splits, [9, 5], "contrastive", "i2t", tiny_opts(), 3, 4, CPU)
+        heads, _ = train_align(splits, AlignOptions(dim=4, hidden=8, epochs=3), 5, CPU)
+        return mlp_model, heads
+
+    assert fused_on(CPU) is True and fused_on(torch.device("meta")) is None
+    fused = both()
+    for module in ("mmalign.learn.mlp", "mmalign.learn.align"):
+        monkeypatch.setattr(f"{module}.fused_on", lambda device: None)
+    reference = both()
+    for got, want in zip(fused, reference, strict=True):
+        for key, value in want.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[key], value, rtol=1e-5, atol=1e-6)
 
 
 # ---- the Optuna study ----------------------------------------------------------------

@@ -61,6 +61,7 @@ from mmalign.learn.common import (
     direction_rows,
     direction_task,
     fit,
+    fused_on,
     na_rows,
     pair_splits,
     ranked_rows,
@@ -222,7 +223,8 @@ def train_align(
     """Train the heads on the train split; returns the best epoch's heads and the history."""
     torch.manual_seed(seed)
     model = AlignmentHeads(standardisation(splits.train), opts).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
+                                  fused=fused_on(device))  # fmt: skip
     t_train = torch.from_numpy(splits.train.text).to(device)
     v_train = torch.from_numpy(splits.train.image).to(device)
     t_val = torch.from_numpy(splits.val.text).to(device)

@@ -86,6 +86,7 @@ from mmalign.learn.common import (
     TrainHistory,
     dimension_note,
     fit_shared,
+    fused_on,
     na_rows,
     paper_lr_factor,
     score_learned,
@@ -335,7 +336,8 @@ def train_mlps_stopped_alike(
         raise ValueError(f"options that train differently: {options}")
     torch.manual_seed(seed)
     model = SimilarityMLP(splits.dim_text, splits.dim_image, hidden).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(0.9, 0.999),
+                                 fused=fused_on(device))  # fmt: skip
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opts))
     train = _PairTensors(splits.train, device, opts.balanced)
     val = _PairTensors(splits.val, device, opts.balanced)
